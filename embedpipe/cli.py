@@ -1,0 +1,244 @@
+"""The `pipe` command: thin wrappers over the Python API. See `pipe --help`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from embedpipe import _env  # noqa: F401
+from embedpipe.errors import EmbedpipeError, SpecError
+
+app = typer.Typer(
+    name="pipe",
+    help="embedpipe: declarative embedding pipelines (YAML → typed DAG → Prefect → LanceDB).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="The pipeline spec (YAML).", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a spec value: dotted.key=value (repeatable).",
+                 metavar="KEY=VALUE"),
+]
+WsOpt = Annotated[
+    Path | None, typer.Option("--workspace", help="Use this workspace instead of the spec's.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _fail(exc: EmbedpipeError) -> typer.Exit:
+    if isinstance(exc, SpecError):
+        err.print(exc.render(excerpt=False), markup=False, highlight=False)
+    else:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+    return typer.Exit(exc.exit_code)
+
+
+def _pipeline(spec: Path, sets: list[str] | None, workspace: Path | None) -> Any:
+    from embedpipe.api import load
+
+    try:
+        return load(spec, overrides=sets, workspace=workspace)
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+
+
+def _dump(value: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, datetime | date):
+            return o.isoformat()
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        return str(o)
+
+    return json.dumps(value, default=default, ensure_ascii=False)
+
+
+@app.command()
+def validate(spec: SpecArg, sets: SetOpt = None, workspace: WsOpt = None) -> None:
+    """Parse and type-check SPEC; print its DAG with each edge's schema.
+
+    Exit 0 when valid; 2 with every error as PATH:LINE:COL when not. Writes nothing.
+
+    Example: pipe validate pipelines/quickstart.yaml
+    """
+    from embedpipe import dag as dag_mod
+    from embedpipe.schemas import describe
+
+    try:
+        dag = dag_mod.load(spec, overrides=sets, workspace=workspace, preflight=True)
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+    s = dag.spec
+    tree = Tree(f"[bold]{s.name}[/]  spec {s.hash[:8]} · workspace {s.workspace}")
+
+    def add(node: Tree, name: str, seen: set[str]) -> None:
+        step = dag.steps[name]
+        label = f"[bold cyan]{name}[/] [dim]({step.type})[/]"
+        branch = node.add(label)
+        if name in seen:
+            return
+        seen.add(name)
+        for child in step.downstream:
+            edge = branch.add(f"[green]─▶[/] {describe(dag.schemas[name])}")
+            add(edge, child.name, seen)
+
+    seen: set[str] = set()
+    for name in dag.order:
+        if not dag.steps[name].upstream:
+            add(tree, name, seen)
+    out.print(tree, soft_wrap=False)
+    out.print(f"[green]✓[/] {spec}: {len(dag.steps)} steps, valid")
+
+
+@app.command()
+def run(spec: SpecArg, sets: SetOpt = None, workspace: WsOpt = None, as_json: JsonOpt = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False
+        ) -> None:
+    """Run SPEC as one Prefect flow run (one task per step) and commit the index.
+
+    Example: pipe run pipelines/quickstart.yaml --set steps.chunks.max_tokens=128 --json
+    """
+    from embedpipe.engine.flow import execute
+    from embedpipe.engine.progress import summary
+
+    pipeline = _pipeline(spec, sets, workspace)
+    try:
+        from embedpipe import dag as dag_mod
+
+        dag_mod.build(pipeline.dag.spec, preflight=True)
+        result = execute(pipeline.dag, overrides=sets, console=err, progress=not quiet)
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+    (err if as_json else out).print(summary(result))
+    if result.error:
+        err.print(f"error: {result.error}", markup=False, highlight=False)
+    if as_json:
+        print(_dump(result.to_json()))
+    raise typer.Exit(0 if result.status == "completed" else 1)
+
+
+@app.command()
+def search(spec: SpecArg, query: Annotated[str, typer.Argument(help="The query text.")],
+           k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many hits.")] = 10,
+           step: Annotated[str | None, typer.Option(help="Index step (default: the last).")] = None,
+           sets: SetOpt = None, workspace: WsOpt = None, as_json: JsonOpt = False) -> None:
+    """Search SPEC's index: top K chunks for QUERY, best first.
+
+    Example: pipe search pipelines/scifact.yaml "vitamin D and bone fractures" -k 5
+    """
+    pipeline = _pipeline(spec, sets, workspace)
+    try:
+        hits = pipeline.search(query, k, step=step)
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(_dump([{k_: h[k_] for k_ in ("doc_id", "chunk_id", "score", "text")} for h in hits]))
+        return
+    table = Table(title=f"{pipeline.name}: {query!r}")
+    for col, justify in (("#", "right"), ("score", "right"), ("doc_id", "left"),
+                         ("text", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for i, h in enumerate(hits, 1):
+        text = " ".join(h["text"].split())
+        table.add_row(str(i), f"{h['score']:.3f}", h["chunk_id"],
+                      (text[:160] + "…") if len(text) > 160 else text)
+    out.print(table)
+
+
+@app.command()
+def sql(spec: SpecArg, query: Annotated[str, typer.Argument(help="A DuckDB SELECT.")],
+        sets: SetOpt = None, workspace: WsOpt = None, as_json: JsonOpt = False) -> None:
+    """Query SPEC's index tables and run catalog with DuckDB (read-only).
+
+    Views: every Lance table of the workspace by name, and the catalog's runs, step_runs and
+    skipped. Example: pipe sql pipelines/scifact.yaml "select count(distinct doc_id) from scifact"
+    """
+    pipeline = _pipeline(spec, sets, workspace)
+    from embedpipe.engine.query import sql as run_sql
+
+    try:
+        cols, rows = run_sql(pipeline.dag, query)
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(_dump([dict(zip(cols, r, strict=True)) for r in rows]))
+        return
+    table = Table()
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(_cell(v) for v in r))
+    out.print(table)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, list) and len(v) > 6:
+        return f"[{', '.join(f'{x:.3f}' if isinstance(x, float) else str(x) for x in v[:4])}, … ×{len(v)}]"
+    return "" if v is None else str(v)
+
+
+@app.command()
+def runs(spec: SpecArg, limit: Annotated[int, typer.Option("-n", help="How many runs.")] = 20,
+         sets: SetOpt = None, workspace: WsOpt = None, as_json: JsonOpt = False) -> None:
+    """Show SPEC's run history from the catalog, newest first.
+
+    Example: pipe runs pipelines/scifact.yaml -n 5
+    """
+    pipeline = _pipeline(spec, sets, workspace)
+    rows = pipeline.runs(limit)
+    if as_json:
+        print(_dump(rows))
+        return
+    table = Table(title=f"{pipeline.name}: runs")
+    for c in ("run_id", "status", "started_at", "seconds", "lance_version", "spec_hash", "error"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(r["run_id"], r["status"], str(r["started_at"])[:19],
+                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
+                      str(r["lance_version"] or ""), r["spec_hash"][:8],
+                      (r["error"] or "")[:80], style="red" if r["status"] == "failed" else None)
+    out.print(table)
+
+
+@app.command()
+def schema(output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                         help="Write to this file.")] = None
+           ) -> None:
+    """Print (or write) the JSON Schema of pipeline specs, for editor validation.
+
+    Example: pipe schema -o embedpipe.schema.json
+    """
+    from embedpipe.spec.jsonschema import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if output:
+        output.write_text(text + "\n")
+        err.print(f"wrote {output}")
+    else:
+        print(text)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted; nothing was committed by the interrupted step")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

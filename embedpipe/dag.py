@@ -1,0 +1,139 @@
+"""The typed DAG: steps built from a spec, linked by their inputs, checked in one pass.
+
+``build`` finds every unknown input, cycle and schema mismatch (vector dimensions included)
+and raises one ``SpecError`` listing them all, each at the YAML line that caused it.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from embedpipe import registry
+from embedpipe.schemas import kind, mismatches
+from embedpipe.errors import SpecError, SpecIssue
+from embedpipe.spec import Spec
+from embedpipe.spec import load as spec_load
+from embedpipe.steps.base import Link, Step
+
+
+@dataclass
+class Dag:
+    spec: Spec
+    steps: dict[str, Step]
+    order: list[str]  # topological: every step after its inputs
+    schemas: dict[str, pa.Schema]  # what each step writes
+
+    def links(self, name: str) -> list[Link]:
+        return [Link(u, self.schemas[u]) for u in self.steps[name].config.inputs()]
+
+    def of_type(self, kind: str) -> list[Step]:
+        return [self.steps[n] for n in self.order if self.steps[n].type == kind]
+
+    def ancestors(self, name: str) -> list[Step]:
+        """Every step ``name`` reads from, directly or not, nearest first."""
+        seen: list[Step] = []
+        frontier = list(self.steps[name].upstream)
+        while frontier:
+            step = frontier.pop(0)
+            if step not in seen:
+                seen.append(step)
+                frontier.extend(step.upstream)
+        return seen
+
+
+def load(path: str | Path, *, overrides: list[str] | None = None,
+         workspace: str | Path | None = None, preflight: bool = False) -> Dag:
+    """Load a spec and build its DAG, reporting every problem of both at once."""
+    return build(spec_load(path, overrides=overrides, workspace=workspace, partial=True),
+                 preflight=preflight)
+
+
+def build(spec: Spec, *, preflight: bool = False) -> Dag:
+    """Build and check the DAG; ``preflight`` also checks the outside world (sources exist)."""
+    issues: list[SpecIssue] = list(spec.issues)
+    steps = {n: d.cls(n, d.config, base_dir=spec.base_dir) for n, d in spec.steps.items()}
+    graph: dict[str, list[str]] = {}
+    for name, step in steps.items():
+        graph[name] = _check_inputs(spec, name, step, steps, issues)
+    if spec.invalid:  # their bodies are already reported; check only what does not touch them
+        graph = {n: ups for n, ups in graph.items() if not set(ups) & spec.invalid}
+        for name in set(steps) - set(graph):
+            del steps[name]
+    for name, ups in graph.items():
+        steps[name].upstream = [steps[u] for u in ups]
+        for u in ups:
+            steps[u].downstream.append(steps[name])
+
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        cycle: list[str] = exc.args[1]
+        issues.append(spec.issue(("steps", cycle[0], "input"),
+                                 f"steps.{cycle[0]}.input: cycle {' → '.join(reversed(cycle))}; "
+                                 "steps must not read their own output, directly or not"))
+        raise SpecError(issues) from None
+
+    written: dict[str, pa.Schema] = {}
+    for name in order:
+        step = steps[name]
+        links = [Link(u, written[u]) for u in graph[name] if u in written]
+        required = step.requires()
+        for i, link in enumerate(links):
+            where = _input_path(step, name, i)
+            problem = _mismatch(link, steps[link.step], required)
+            if problem:
+                issues.append(spec.issue(where, f"steps.{name}.input: {problem}"))
+        for path, message in step.check(links) + (step.preflight() if preflight else []):
+            full = ("steps", name, *path)
+            issues.append(spec.issue(full, f"{'.'.join(full)}: {message}"))
+        written[name] = step.output_schema(links)
+    if issues:
+        raise SpecError(issues)
+    return Dag(spec, steps, order, written)
+
+
+def _mismatch(link: Link, upstream: Step, required: pa.Schema | None) -> str | None:
+    problems = mismatches(link.schema, required) if required is not None else []
+    if not problems:
+        return None
+    return f"step '{link.step}' ({upstream.type}, writes {kind(link.schema)}) {'; '.join(problems)}"
+
+
+def _input_path(step: Step, name: str, i: int) -> tuple[str | int, ...]:
+    return ("steps", name, "input") + ((i,) if isinstance(step.config.input, list) else ())
+
+
+def _check_inputs(spec: Spec, name: str, step: Step, steps: dict[str, Step],
+                  issues: list[SpecIssue]) -> list[str]:
+    ins = step.config.inputs()
+    where = ("steps", name)
+    if step.max_inputs == 0:
+        if ins:
+            issues.append(spec.issue((*where, "input"), f"steps.{name}.input: a {step.type} step "
+                                     "reads no input; remove `input`"))
+        return []
+    if not ins:
+        valid = ", ".join(n for n in steps if n != name)
+        issues.append(spec.issue(where, f"steps.{name}: missing `input`; name the step it reads "
+                                 f"from, one of: {valid}", key=True))
+        return []
+    if len(ins) > step.max_inputs:
+        issues.append(spec.issue((*where, "input"), f"steps.{name}.input: a {step.type} step "
+                                 f"reads at most {step.max_inputs} input(s), got {len(ins)}"))
+    good = []
+    for i, up in enumerate(ins):
+        if up in spec.invalid:
+            good.append(up)
+            continue
+        if up in steps and up != name:
+            good.append(up)
+            continue
+        valid = [n for n in list(steps) + sorted(spec.invalid) if n != name]
+        why = "a step cannot read its own output" if up == name else (
+            f"unknown step '{up}'{registry.suggest(up, valid)} Steps: {', '.join(valid)}")
+        issues.append(spec.issue(_input_path(step, name, i), f"steps.{name}.input: {why}"))
+    return good

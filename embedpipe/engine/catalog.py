@@ -1,0 +1,103 @@
+"""The run catalog: runs, step runs and skipped inputs, in a DuckDB file in the workspace.
+
+Connections are short-lived so that `pipe sql` (read-only) can open the file between writes.
+Columns are only ever appended, never reordered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, pipeline VARCHAR, status VARCHAR,
+    started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, seconds DOUBLE,
+    spec_path VARCHAR, spec_hash VARCHAR, overrides VARCHAR[], flow_run_id VARCHAR,
+    lance_version BIGINT, tables VARCHAR[], models VARCHAR[], error VARCHAR,
+    embedpipe_version VARCHAR
+);
+CREATE TABLE IF NOT EXISTS step_runs (
+    run_id VARCHAR, step VARCHAR, type VARCHAR, status VARCHAR,
+    rows_in BIGINT, rows_out BIGINT, computed BIGINT, cached BIGINT, deleted BIGINT,
+    skipped BIGINT, seconds DOUBLE, started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ,
+    error VARCHAR, PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    run_id VARCHAR, step VARCHAR, item VARCHAR, reason VARCHAR, skipped_at TIMESTAMPTZ
+);
+"""
+TABLES = ("runs", "step_runs", "skipped")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Catalog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        # Another process may hold the file for a moment (a `pipe sql` read); retry briefly.
+        for attempt in range(50):
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+        try:
+            con.execute(_DDL)
+            yield con
+        finally:
+            con.close()
+
+    def start_run(self, **row: Any) -> None:
+        self._insert("runs", row)
+
+    def finish_run(self, run_id: str, **values: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._connect() as con:
+            con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*values.values(), run_id])
+
+    def record_step(self, row: dict[str, Any], skipped: list[tuple[str, str]]) -> None:
+        with self._connect() as con:
+            con.execute("BEGIN")
+            self._insert_con(con, "step_runs", row)
+            if skipped:
+                at = now()
+                con.executemany(
+                    "INSERT INTO skipped VALUES (?, ?, ?, ?, ?)",
+                    [(row["run_id"], row["step"], item, reason, at) for item, reason in skipped],
+                )
+            con.execute("COMMIT")
+
+    def _insert(self, table: str, row: dict[str, Any]) -> None:
+        with self._connect() as con:
+            self._insert_con(con, table, row)
+
+    @staticmethod
+    def _insert_con(con: duckdb.DuckDBPyConnection, table: str, row: dict[str, Any]) -> None:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        con.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with duckdb.connect(str(self.path), read_only=True) as con:
+            rel = con.execute(
+                "SELECT run_id, pipeline, status, started_at, seconds, lance_version, spec_hash, "
+                "flow_run_id, error FROM runs ORDER BY started_at DESC LIMIT ?", [limit]
+            )
+            cols = [d[0] for d in rel.description]
+            return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]

@@ -1,0 +1,266 @@
+"""Runs a DAG as one Prefect flow run, one task run per step.
+
+Steps stream Arrow record batches; between steps they are staged as Arrow IPC files in the
+workspace, so memory stays flat however large the corpus. Only this package imports Prefect.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from rich.console import Console
+
+from embedpipe.dag import Dag
+from embedpipe.engine.catalog import Catalog, now
+from embedpipe.engine.progress import RunProgress
+from embedpipe.engine.workspace import LanceStore, Workspace
+from embedpipe.errors import EmbedpipeError, StepFailed
+from embedpipe.steps.base import StepContext
+
+
+@dataclass
+class StepResult:
+    rows_in: int = 0
+    rows_out: int = 0
+    computed: int = 0
+    cached: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    status: str = "pending"
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    pipeline: str
+    status: str = "running"
+    lance_version: int | None = None
+    steps: dict[str, StepResult] = field(default_factory=dict)
+    flow_run_id: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The §9 shape of `pipe run --json`."""
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "status": self.status,
+            "lance_version": self.lance_version,
+            "steps": {
+                name: {k: v for k, v in asdict(s).items() if k not in ("status", "error")}
+                for name, s in self.steps.items()
+            },
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only errors that may pass: timeouts, dropped connections, busy files."""
+    try:
+        state.result()
+    except (TimeoutError, ConnectionError):
+        return True
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.EIO)
+    except Exception:
+        return False
+    return False
+
+
+def execute(dag: Dag, *, overrides: list[str] | None = None, console: Console | None = None,
+            progress: bool = True) -> RunResult:
+    """Run ``dag`` once; always returns a result (status failed on error) and records it."""
+    spec = dag.spec
+    ws = Workspace(spec.workspace)
+    console = console or Console(stderr=True)
+    with ws.lock(spec.name):
+        catalog = Catalog(ws.catalog_path)
+        result = RunResult(new_run_id(), spec.name)
+        result.steps = {n: StepResult() for n in dag.order}
+        started = time.perf_counter()
+        catalog.start_run(
+            run_id=result.run_id, pipeline=spec.name, status="running", started_at=now(),
+            spec_path=str(spec.path), spec_hash=spec.hash, overrides=overrides or [],
+            tables=[s.table_name(spec.name) for s in dag.of_type("index")],  # type: ignore[attr-defined]
+            models=sorted({s.config.model for s in dag.of_type("encode")}),  # type: ignore[attr-defined]
+            embedpipe_version=metadata.version("embedpipe"),
+        )
+        bars = RunProgress(console, dag.order, enabled=progress)
+        try:
+            with bars:
+                pipeline_flow = _flow_for(dag, ws, catalog, result, bars)
+                pipeline_flow(pipeline=spec.name, spec=str(spec.path), spec_hash=spec.hash,
+                              run_id=result.run_id)
+            result.status = "completed"
+        except Exception as exc:
+            result.status = "failed"
+            result.error = _reason(exc)
+        finally:
+            ws.clear_staging(result.run_id)
+            result.seconds = time.perf_counter() - started
+            catalog.finish_run(
+                result.run_id, status=result.status, ended_at=now(), seconds=result.seconds,
+                flow_run_id=result.flow_run_id, lance_version=result.lance_version,
+                error=result.error,
+            )
+    return result
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, EmbedpipeError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _flow_for(dag: Dag, ws: Workspace, catalog: Catalog, result: RunResult,
+              bars: RunProgress) -> Callable[..., None]:
+    """A Prefect flow for this run. Heavy objects are closed over, not passed as parameters:
+    Prefect records parameters (and task inputs) in its database, so they stay small."""
+    spec = dag.spec
+    tags = ["embedpipe", f"pipeline:{spec.name}", f"spec:{spec.hash[:8]}"]
+    store = LanceStore(ws)
+
+    def step_task(step: str, run_id: str) -> None:
+        _run_step(dag, step, ws, store, catalog, result, bars)
+
+    @flow(
+        name=spec.name,
+        flow_run_name=f"{spec.name}-{result.run_id}",
+        validate_parameters=False,
+        persist_result=False,
+        log_prints=False,
+    )
+    def pipeline_flow(pipeline: str, spec: str, spec_hash: str, run_id: str) -> None:
+        from prefect import tags as prefect_tags
+        from prefect.runtime import flow_run
+
+        result.flow_run_id = str(flow_run.id) if flow_run.id else None
+        with prefect_tags(*tags):
+            for name in dag.order:
+                task(
+                    step_task,
+                    name=f"{name} ({dag.steps[name].type})",
+                    task_run_name=name,
+                    retries=2,
+                    retry_delay_seconds=2,
+                    retry_condition_fn=_transient,
+                    cache_policy=NO_CACHE,
+                    persist_result=False,
+                    tags=[f"step:{name}"],
+                )(step=name, run_id=run_id)
+
+    return pipeline_flow
+
+
+def _run_step(dag: Dag, name: str, ws: Workspace, store: LanceStore, catalog: Catalog,
+              result: RunResult, bars: RunProgress) -> None:
+    step = dag.steps[name]
+    res = StepResult(status="running")
+    result.steps[name] = res
+    ctx = StepContext(
+        pipeline=dag.spec.name, run_id=result.run_id, spec_hash=dag.spec.hash,
+        base_dir=dag.spec.base_dir, workspace=ws.root, store=store,
+    )
+    started_at, t0 = now(), time.perf_counter()
+    upstream = step.config.inputs()
+    total = sum(result.steps[u].rows_out for u in upstream) or None
+    bars.start(name, total)
+    try:
+        step.setup(ctx)
+        inputs = [_counting(_read(ws, result.run_id, u), res, bars, name) for u in upstream]
+        out = step.run(inputs, ctx)
+        if step.downstream:
+            _write(ws, result.run_id, name, out, res, bars, name, dag.schemas[name], bool(upstream))
+        else:
+            for batch in out:
+                res.rows_out += batch.num_rows
+        res.computed = ctx.stats.get("computed", res.rows_out)
+        res.rows_out = ctx.stats.get("rows_out", res.rows_out)
+        res.cached = ctx.stats.get("cached", 0)
+        res.deleted = ctx.stats.get("deleted", 0)
+        if "version" in ctx.stats:
+            result.lance_version = ctx.stats["version"]
+        res.status = "completed"
+    except Exception as exc:
+        res.status = "failed"
+        res.error = _reason(exc)
+        if not isinstance(exc, EmbedpipeError):
+            res.error += "\n" + "".join(traceback.format_exception(exc)[-3:])
+        raise StepFailed(name, _reason(exc), hint=_hint(dag, name)) from exc
+    finally:
+        res.skipped = len(ctx.skipped)
+        res.seconds = round(time.perf_counter() - t0, 3)
+        bars.finish(name, res)
+        catalog.record_step(
+            {
+                "run_id": result.run_id, "step": name, "type": step.type, "status": res.status,
+                "rows_in": res.rows_in, "rows_out": res.rows_out, "computed": res.computed,
+                "cached": res.cached, "deleted": res.deleted, "skipped": res.skipped,
+                "seconds": res.seconds, "started_at": started_at, "ended_at": now(),
+                "error": res.error,
+            },
+            ctx.skipped,
+        )
+
+
+def _hint(dag: Dag, name: str) -> str:
+    spec = dag.spec.path
+    return (f"Nothing was committed. Inspect: pipe sql {spec} \"select * from step_runs "
+            f"where step = '{name}' order by started_at desc limit 1\"; fix, then: pipe run {spec}")
+
+
+def _counting(batches: Iterator[pa.RecordBatch], res: StepResult, bars: RunProgress,
+              name: str) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        res.rows_in += batch.num_rows
+        bars.advance(name, batch.num_rows, by_input=True)
+        yield batch
+
+
+def _path(ws: Workspace, run_id: str, step: str) -> Path:
+    return ws.staging(run_id) / f"{step}.arrow"
+
+
+def _write(ws: Workspace, run_id: str, step: str, batches: Iterator[pa.RecordBatch],
+           res: StepResult, bars: RunProgress, name: str, schema: pa.Schema,
+           has_input: bool) -> None:
+    path = _path(ws, run_id, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    with pa.OSFile(str(path), "wb") as sink:
+        for batch in batches:
+            if writer is None:
+                writer = pa.ipc.new_stream(sink, batch.schema)
+            writer.write_batch(batch)
+            res.rows_out += batch.num_rows
+            if not has_input:
+                bars.advance(name, batch.num_rows, by_input=False)
+        if writer is None:
+            writer = pa.ipc.new_stream(sink, schema)
+        writer.close()
+
+
+def _read(ws: Workspace, run_id: str, step: str) -> Iterator[pa.RecordBatch]:
+    with pa.memory_map(str(_path(ws, run_id, step))) as source:
+        yield from pa.ipc.open_stream(source)
+
+

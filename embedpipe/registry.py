@@ -1,0 +1,61 @@
+"""Step kinds by their short ``type:`` name: the built-ins plus plugins.
+
+A plugin package registers a step class through the ``embedpipe.steps`` entry-point group::
+
+    [project.entry-points."embedpipe.steps"]
+    my_step = "my_package.steps:MyStep"
+
+Spec files never name import paths: only registered short names are accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from importlib.metadata import entry_points
+
+from embedpipe.steps.base import Step
+from embedpipe.steps.chunk import Chunk
+from embedpipe.steps.encode import Encode
+from embedpipe.steps.index import Index
+from embedpipe.steps.ingest import Ingest
+
+BUILTINS: dict[str, type[Step]] = {cls.type: cls for cls in (Ingest, Chunk, Encode, Index)}
+GROUP = "embedpipe.steps"
+
+
+class PluginError(Exception):
+    pass
+
+
+@functools.cache
+def step_types() -> dict[str, type[Step]]:
+    """Every registered step kind, built-ins first; a broken plugin is an error, not a skip."""
+    found = dict(BUILTINS)
+    for ep in entry_points(group=GROUP):
+        if ep.name in BUILTINS:
+            continue  # built-ins cannot be shadowed
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            raise PluginError(f"step plugin '{ep.name}' ({ep.value}) failed to import: {exc}") from exc
+        if not (isinstance(cls, type) and issubclass(cls, Step)):
+            raise PluginError(f"step plugin '{ep.name}' ({ep.value}) is not an embedpipe Step")
+        found[ep.name] = cls
+    return found
+
+
+def suggest(name: str, valid: list[str]) -> str:
+    """', did you mean 'x'?' when a close match exists, else ''."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def lookup(name: str) -> type[Step]:
+    types = step_types()
+    if name in types:
+        return types[name]
+    raise KeyError(
+        f"unknown step type '{name}'{suggest(name, list(types))} "
+        f"Valid types: {', '.join(sorted(types))}"
+    )

@@ -1,0 +1,131 @@
+"""The Arrow schemas that flow between steps (DESIGN.md §3).
+
+Each step declares the columns it *requires* from its input and the schema it *writes*. Steps pass
+through columns they do not own, so a declared schema is a minimum, not an exact match. Columns
+are only ever appended, never reordered or retyped.
+
+A vector column whose dimension is not known before the model is loaded is a variable-size
+``list<float32>``; the DAG check compares dimensions only where both sides know them.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+DOCUMENTS = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("meta", pa.string()),  # JSON object
+        pa.field("content_hash", pa.string()),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
+    ],
+    metadata={"embedpipe.kind": "documents"},
+)
+
+CHUNKS = pa.schema(
+    [
+        pa.field("chunk_id", pa.string(), nullable=False),  # doc_id + "#" + ordinal
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("ordinal", pa.int32()),
+        pa.field("text", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("n_tokens", pa.int32()),
+        pa.field("char_start", pa.int64()),
+        pa.field("char_end", pa.int64()),
+        pa.field("content_hash", pa.string()),  # of the parent document
+    ],
+    metadata={"embedpipe.kind": "chunks"},
+)
+
+
+def vector_type(dims: int | None) -> pa.DataType:
+    """``fixed_size_list<float32, dims>``, or ``list<float32>`` while dims are unknown."""
+    return pa.list_(pa.float32(), dims) if dims else pa.list_(pa.float32())
+
+
+def embedding_fields(dims: int | None) -> list[pa.Field]:
+    return [
+        pa.field("vector", vector_type(dims)),
+        pa.field("model", pa.string()),
+        pa.field("model_revision", pa.string()),
+        pa.field("dims", pa.int32()),
+        pa.field("normalized", pa.bool_()),
+    ]
+
+
+def embeddings(dims: int | None) -> pa.Schema:
+    """Chunks plus their vectors: encode passes chunk columns through."""
+    return pa.schema(
+        list(CHUNKS) + embedding_fields(dims), metadata={"embedpipe.kind": "embeddings"}
+    )
+
+
+def index(dims: int | None) -> pa.Schema:
+    """The rows of a Lance index table, with lineage columns."""
+    keep = ("chunk_id", "doc_id", "ordinal", "text", "title", "content_hash")
+    return pa.schema(
+        [CHUNKS.field(n) for n in keep]
+        + embedding_fields(dims)
+        + [pa.field("spec_hash", pa.string()), pa.field("run_id", pa.string())],
+        metadata={"embedpipe.kind": "index"},
+    )
+
+
+def kind(schema: pa.Schema) -> str:
+    meta = schema.metadata or {}
+    return meta.get(b"embedpipe.kind", b"table").decode()
+
+
+def dims_of(t: pa.DataType) -> int | None:
+    return t.list_size if pa.types.is_fixed_size_list(t) else None
+
+
+def _compatible(have: pa.DataType, want: pa.DataType) -> bool:
+    if have.equals(want):
+        return True
+    list_like = (pa.types.is_fixed_size_list, pa.types.is_list)
+    if any(f(have) for f in list_like) and any(f(want) for f in list_like):
+        if not have.value_type.equals(want.value_type):
+            return False
+        hd, wd = dims_of(have), dims_of(want)
+        return hd is None or wd is None or hd == wd
+    return False
+
+
+def mismatches(produced: pa.Schema, required: pa.Schema) -> list[str]:
+    """Why ``produced`` cannot feed a step that requires ``required`` (empty if it can)."""
+    problems = []
+    for want in required:
+        idx = produced.get_field_index(want.name)
+        if idx < 0:
+            problems.append(f"has no column '{want.name}' ({type_name(want.type)})")
+            continue
+        have = produced.field(idx).type
+        hd, wd = dims_of(have), dims_of(want.type)
+        if hd and wd and hd != wd:
+            problems.append(f"writes {hd}-dim vectors in '{want.name}' but {wd}-dim vectors "
+                            "are required")
+        elif not _compatible(have, want.type):
+            problems.append(f"writes '{want.name}' as {type_name(have)} but "
+                            f"{type_name(want.type)} is required")
+    return problems
+
+
+def type_name(t: pa.DataType) -> str:
+    """``float32[384]`` for vectors, ``float32[?]`` while dims are unknown, else Arrow's name."""
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t):
+        return f"{t.value_type}[{dims_of(t) or '?'}]"
+    return str(t)
+
+
+def describe(schema: pa.Schema) -> str:
+    """One line, e.g. ``chunks(chunk_id, doc_id, ..., vector: float32[384])``."""
+    cols = [
+        f"{f.name}: {type_name(f.type)}" if pa.types.is_list(f.type)
+        or pa.types.is_fixed_size_list(f.type) else f.name
+        for f in schema
+    ]
+    return f"{kind(schema)}({', '.join(cols)})"

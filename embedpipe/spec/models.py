@@ -1,0 +1,41 @@
+"""The pipeline spec, stage one: the top level. Each step's body is checked in stage two
+against its own step kind's ``Config`` (see ``embedpipe.spec.load``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ScheduleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str = Field(description="A cron expression, e.g. '0 2 * * *' (02:00 every night).")
+    timezone: str = Field("UTC", description="IANA time zone the cron is read in.")
+
+
+class RunnerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["local"] = Field("local", description="Where steps run.")
+
+
+class PipelineSpec(BaseModel):
+    """A pipeline: named steps that read each other's output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+        description="Names the flow, the default table and the catalog rows.",
+    )
+    description: str = Field("", description="Free text, shown by `pipe validate`.")
+    workspace: str | None = Field(
+        None, description="Run output directory, relative to the spec (default: workspace/NAME)."
+    )
+    steps: dict[str, dict[str, Any]] = Field(
+        min_length=1, description="Step name -> step body; each body has a `type`."
+    )
+    schedule: ScheduleSpec | None = None
+    runner: RunnerSpec = Field(default_factory=RunnerSpec)

@@ -1,0 +1,134 @@
+"""encode: turn chunks into vectors with a sentence-transformers model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from embedpipe import models, schemas
+from embedpipe.steps.base import Link, Step, StepConfig, StepContext, rebatch
+
+
+class Prompts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query: str = Field("", description="Prefix for queries, e.g. 'query: ' for E5 models.")
+    document: str = Field("", description="Prefix for chunks, e.g. 'passage: '.")
+
+
+class EncodeConfig(StepConfig):
+    model: str = Field(
+        models.DEFAULT_MODEL,
+        description="A sentence-transformers model: the shipped default, a local folder "
+        "(relative to the spec) or a hub id already in the local cache.",
+    )
+    batch_size: int = Field(32, gt=0, le=4096, description="Texts per forward pass.")
+    prompts: Prompts = Field(default_factory=Prompts)
+    normalize: bool = Field(True, description="L2-normalise vectors (cosine = dot product).")
+    include_title: bool = Field(
+        True, description="Encode 'title\\n\\ntext' when the chunk has a title."
+    )
+    max_tokens: int | None = Field(
+        None, gt=8, description="Truncate inputs to this many tokens (default: the model's)."
+    )
+    device: str | None = Field(None, description="cpu, cuda, mps; default: the best available.")
+
+
+class Encode(Step):
+    """Encode chunks into normalised float32 vectors.
+
+    ```yaml
+    vectors:
+      type: encode
+      input: chunks
+      model: all-MiniLM-L6-v2    # shipped offline; or a local path / cached hub id
+      batch_size: 32
+      prompts: {query: "", document: ""}
+    ```
+    """
+
+    type = "encode"
+    Config = EncodeConfig
+    reads = pa.schema([schemas.CHUNKS.field("chunk_id"), schemas.CHUNKS.field("text")])
+    config: EncodeConfig
+
+    def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
+        super().__init__(name, config, base_dir=base_dir)
+        self._model: Any = None
+        self._dims: int | None = None
+
+    @property
+    def model_ref(self) -> models.ModelRef:
+        return models.resolve(self.config.model, self.base_dir)
+
+    @property
+    def dims(self) -> int | None:
+        return self._dims or self.model_ref.dims
+
+    def output_schema(self, inputs: list[Link]) -> pa.Schema:
+        upstream = inputs[0].schema if inputs else schemas.CHUNKS
+        own = {f.name for f in schemas.embedding_fields(None)}
+        kept = [f for f in upstream if f.name not in own]
+        return pa.schema(
+            kept + schemas.embedding_fields(self.dims), metadata={"embedpipe.kind": "embeddings"}
+        )
+
+    def setup(self, ctx: StepContext | None = None) -> None:
+        if self._model is not None:
+            return
+        self._model = models.load(self.model_ref, self.config.device)
+        if self.config.max_tokens:
+            self._model.max_seq_length = self.config.max_tokens
+        dim_of = getattr(self._model, "get_embedding_dimension", None) or getattr(
+            self._model, "get_sentence_embedding_dimension")  # renamed in sentence-transformers 6
+        self._dims = int(dim_of())
+
+    def _encode(self, texts: list[str], prompt: str) -> np.ndarray:
+        out = self._model.encode(
+            texts,
+            batch_size=self.config.batch_size,
+            normalize_embeddings=self.config.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+            prompt=prompt or None,
+        )
+        return np.asarray(out, dtype=np.float32)
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """Query vectors from the same model, prompts and settings as the documents."""
+        self.setup()
+        return self._encode(queries, self.config.prompts.query)
+
+    def run(
+        self, inputs: list[Iterator[pa.RecordBatch]], ctx: StepContext
+    ) -> Iterator[pa.RecordBatch]:
+        ref = self.model_ref
+        dims = self._dims
+        assert dims is not None, "setup() loads the model before run()"
+        # sentence-transformers sorts each call's texts by length to cut padding; a window of
+        # many batches gets nearly all of that gain while memory stays bounded.
+        window = self.config.batch_size * 64
+        for table in rebatch(inputs[0], window):
+            texts = table.column("text").to_pylist()
+            if self.config.include_title and "title" in table.column_names:
+                titles = table.column("title").to_pylist()
+                texts = [f"{t}\n\n{x}" if t else x for t, x in zip(titles, texts, strict=True)]
+            vectors = self._encode(texts, self.config.prompts.document)
+            n = table.num_rows
+            own = {f.name for f in schemas.embedding_fields(None)}
+            table = table.drop_columns([c for c in table.column_names if c in own])
+            columns = {
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dims),
+                "model": pa.array([ref.name] * n, pa.string()),
+                "model_revision": pa.array([ref.revision] * n, pa.string()),
+                "dims": pa.array([dims] * n, pa.int32()),
+                "normalized": pa.array([self.config.normalize] * n, pa.bool_()),
+            }
+            for name, column in columns.items():
+                table = table.append_column(name, column)
+            yield from table.to_batches()

@@ -1,0 +1,106 @@
+"""index: write vectors and their chunks into a LanceDB table, with lineage columns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+from embedpipe import schemas
+from embedpipe.steps.base import Link, Step, StepConfig, StepContext
+
+
+class AnnConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["none", "ivf_pq", "ivf_hnsw_sq"] = Field(
+        "none", description="none: exact search. ivf_pq / ivf_hnsw_sq: approximate, faster."
+    )
+    partitions: int | Literal["auto"] = Field("auto", description="IVF partitions (auto: ~√rows).")
+    sub_vectors: int | Literal["auto"] = Field("auto", description="PQ sub-vectors (auto: d/8).")
+    min_rows: int = Field(
+        5000, ge=256, description="Build the ANN index only once the table has this many rows."
+    )
+    nprobes: int = Field(20, gt=0, description="Partitions probed per query.")
+    refine_factor: int | None = Field(
+        None, gt=0, description="Re-rank k × this many candidates with exact distances."
+    )
+
+
+class IndexConfig(StepConfig):
+    table: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Lance table name "
+        "(default: the pipeline name); also its view name in `pipe sql`."
+    )
+    metric: Literal["cosine", "dot", "l2"] = Field("cosine", description="Vector distance.")
+    dims: int | None = Field(
+        None, gt=0, description="Expected vector dimension; checked against the input."
+    )
+    ann: AnnConfig = Field(default_factory=AnnConfig)
+
+
+class Index(Step):
+    """Write a LanceDB table: one row per chunk, with its vector, text and lineage.
+
+    ```yaml
+    index:
+      type: index
+      input: vectors
+      table: scifact             # default: the pipeline name
+      metric: cosine
+      ann: {type: ivf_pq}        # or none (exact search, the default)
+    ```
+    Each run commits one new table version: rows are upserted by chunk_id, and rows of chunks
+    that no longer exist are deleted in the same commit.
+    """
+
+    type = "index"
+    Config = IndexConfig
+    config: IndexConfig
+
+    def requires(self) -> pa.Schema:
+        own = schemas.index(self.config.dims)
+        return pa.schema([own.field(n) for n in ("chunk_id", "doc_id", "text", "vector")])
+
+    def table_name(self, pipeline: str) -> str:
+        return self.config.table or pipeline.replace("-", "_")
+
+    def output_schema(self, inputs: list[Link]) -> pa.Schema:
+        dims = None
+        if inputs:
+            i = inputs[0].schema.get_field_index("vector")
+            dims = schemas.dims_of(inputs[0].schema.field(i).type) if i >= 0 else None
+        return schemas.index(dims or self.config.dims)
+
+    def run(
+        self, inputs: list[Iterator[pa.RecordBatch]], ctx: StepContext
+    ) -> Iterator[pa.RecordBatch]:
+        assert ctx.store is not None, "the engine lends the index step a store"
+        schema: pa.Schema | None = None
+        counted = 0
+
+        def rows() -> Iterator[pa.RecordBatch]:
+            nonlocal schema, counted
+            for batch in inputs[0]:
+                dims = batch.schema.field("vector").type.list_size
+                schema = schema or schemas.index(dims)
+                n = batch.num_rows
+                counted += n
+                cols = []
+                for field in schema:
+                    if field.name == "spec_hash":
+                        cols.append(pa.array([ctx.spec_hash] * n, pa.string()))
+                    elif field.name == "run_id":
+                        cols.append(pa.array([ctx.run_id] * n, pa.string()))
+                    elif field.name in batch.schema.names:
+                        cols.append(pc.cast(batch.column(field.name), field.type))
+                    else:
+                        cols.append(pa.nulls(n, field.type))
+                yield pa.RecordBatch.from_arrays(cols, schema=schema)
+
+        result = ctx.store.write(self.table_name(ctx.pipeline), rows(), self)
+        ctx.stats.update(result)
+        yield from ()
