@@ -1,0 +1,44 @@
+# embedpipe — `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test lint format bench clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch on local disk first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+venv: $(STAMP) ## Create .venv and install embedpipe with its test tools
+
+demo: $(STAMP) ## Index the project's own docs (pipelines/quickstart.yaml) and search them
+	$(BIN)/pipe validate pipelines/quickstart.yaml
+	$(BIN)/pipe run pipelines/quickstart.yaml
+	$(BIN)/pipe search pipelines/quickstart.yaml "how do I override a spec value for one run?" -k 3
+
+test: $(STAMP) ## Run the test suite (real model, LanceDB, DuckDB and Prefect)
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff check + format check + import layering contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP) ## Benchmarks: encode overhead of `pipe run` vs raw sentence-transformers
+	$(BIN)/python bench/encode_overhead.py
+
+clean: ## Remove the workspace (run output); keeps .venv
+	rm -rf workspace

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny corpora and specs that the tests write themselves."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import embedpipe  # noqa: F401  (applies the package's environment defaults first)
+
+# Six short documents on distinct topics: each query below has one clearly right answer.
+CORPUS = [
+    {"_id": "d1", "title": "Vitamin D and bone fractures",
+     "text": "Vitamin D supplementation in older adults reduced the rate of hip fractures."},
+    {"_id": "d2", "title": "Honeybee navigation",
+     "text": "Honeybees use the position of the sun and a waggle dance to share flower locations."},
+    {"_id": "d3", "title": "Volcanic eruptions and climate",
+     "text": "Sulfur aerosols from large eruptions cool the planet for one or two years."},
+    {"_id": "d4", "title": "Sourdough bread",
+     "text": "A sourdough starter is a culture of wild yeast and lactic acid bacteria."},
+    {"_id": "d5", "title": "Black holes",
+     "text": "Matter falling into a black hole heats up and emits X-rays before the horizon."},
+    {"_id": "d6", "title": "Chess openings",
+     "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp, unbalanced games."},
+]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in CORPUS))
+    return path
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a spec (dedented YAML) into tmp_path and return its path."""
+
+    def write(text: str, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    return write
+
+
+BASIC_SPEC = """
+name: tiny
+workspace: ws
+steps:
+  docs: {type: ingest, source: corpus.jsonl, format: beir}
+  chunks: {type: chunk, input: docs, strategy: tokens, max_tokens: 64, overlap: 8}
+  vectors: {type: encode, input: chunks, batch_size: 8}
+  index: {type: index, input: vectors, table: tiny}
+"""
+
+
+@pytest.fixture
+def basic_spec(corpus: Path, write_spec: Callable[[str, str], Path]) -> Path:
+    return write_spec(BASIC_SPEC)
