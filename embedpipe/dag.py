@@ -17,6 +17,7 @@ from embedpipe.schemas import kind, mismatches
 from embedpipe.errors import SpecError, SpecIssue
 from embedpipe.spec import Spec
 from embedpipe.spec import load as spec_load
+from embedpipe.spec.load import dotted
 from embedpipe.steps.base import Link, Step
 
 
@@ -84,23 +85,25 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
         required = step.requires()
         for i, link in enumerate(links):
             where = _input_path(step, name, i)
-            problem = _mismatch(link, steps[link.step], required)
+            problem = _mismatch(link, steps[link.step], step, required)
             if problem:
                 issues.append(spec.issue(where, f"steps.{name}.input: {problem}"))
         for path, message in step.check(links) + (step.preflight() if preflight else []):
             full = ("steps", name, *path)
-            issues.append(spec.issue(full, f"{'.'.join(full)}: {message}"))
+            issues.append(spec.issue(full, f"{dotted(full)}: {message}"))
         written[name] = step.output_schema(links)
     if issues:
         raise SpecError(issues)
     return Dag(spec, steps, order, written)
 
 
-def _mismatch(link: Link, upstream: Step, required: pa.Schema | None) -> str | None:
+def _mismatch(link: Link, upstream: Step, step: Step, required: pa.Schema | None
+              ) -> str | None:
     problems = mismatches(link.schema, required) if required is not None else []
     if not problems:
         return None
-    return f"step '{link.step}' ({upstream.type}, writes {kind(link.schema)}) {'; '.join(problems)}"
+    return (f"step '{link.step}' ({upstream.type}) writes {kind(link.schema)}, which {step.type} "
+            f"cannot read: {'; '.join(problems)}")
 
 
 def _input_path(step: Step, name: str, i: int) -> tuple[str | int, ...]:
@@ -113,8 +116,8 @@ def _check_inputs(spec: Spec, name: str, step: Step, steps: dict[str, Step],
     where = ("steps", name)
     if step.max_inputs == 0:
         if ins:
-            issues.append(spec.issue((*where, "input"), f"steps.{name}.input: a {step.type} step "
-                                     "reads no input; remove `input`"))
+            issues.append(spec.issue((*where, "input"), f"steps.{name}.input: {step.type} steps "
+                                     "read no input; remove `input`"))
         return []
     if not ins:
         valid = ", ".join(n for n in steps if n != name)
@@ -122,8 +125,8 @@ def _check_inputs(spec: Spec, name: str, step: Step, steps: dict[str, Step],
                                  f"from, one of: {valid}", key=True))
         return []
     if len(ins) > step.max_inputs:
-        issues.append(spec.issue((*where, "input"), f"steps.{name}.input: a {step.type} step "
-                                 f"reads at most {step.max_inputs} input(s), got {len(ins)}"))
+        issues.append(spec.issue((*where, "input"), f"steps.{name}.input: {step.type} steps "
+                                 f"read at most {step.max_inputs} input(s), got {len(ins)}"))
     good = []
     for i, up in enumerate(ins):
         if up in spec.invalid:
@@ -134,6 +137,6 @@ def _check_inputs(spec: Spec, name: str, step: Step, steps: dict[str, Step],
             continue
         valid = [n for n in list(steps) + sorted(spec.invalid) if n != name]
         why = "a step cannot read its own output" if up == name else (
-            f"unknown step '{up}'{registry.suggest(up, valid)} Steps: {', '.join(valid)}")
+            f"unknown step '{up}'{registry.suggest(up, valid, 'steps')}")
         issues.append(spec.issue(_input_path(step, name, i), f"steps.{name}.input: {why}"))
     return good

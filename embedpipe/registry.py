@@ -45,17 +45,15 @@ def step_types() -> dict[str, type[Step]]:
     return found
 
 
-def suggest(name: str, valid: list[str]) -> str:
-    """', did you mean 'x'?' when a close match exists, else ''."""
+def suggest(name: str, valid: list[str], what: str) -> str:
+    """'; did you mean 'x'? Valid WHAT: a, b' (the hint only when a close match exists)."""
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    hint = f"; did you mean '{close[0]}'?" if close else ";"
+    return f"{hint} valid {what}: {', '.join(sorted(valid))}"
 
 
 def lookup(name: str) -> type[Step]:
     types = step_types()
     if name in types:
         return types[name]
-    raise KeyError(
-        f"unknown step type '{name}'{suggest(name, list(types))} "
-        f"Valid types: {', '.join(sorted(types))}"
-    )
+    raise KeyError(f"unknown step type '{name}'{suggest(name, list(types), 'types')}")

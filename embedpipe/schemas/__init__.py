@@ -101,16 +101,14 @@ def mismatches(produced: pa.Schema, required: pa.Schema) -> list[str]:
     for want in required:
         idx = produced.get_field_index(want.name)
         if idx < 0:
-            problems.append(f"has no column '{want.name}' ({type_name(want.type)})")
+            problems.append(f"no column '{want.name}' ({type_name(want.type)})")
             continue
         have = produced.field(idx).type
         hd, wd = dims_of(have), dims_of(want.type)
         if hd and wd and hd != wd:
-            problems.append(f"writes {hd}-dim vectors in '{want.name}' but {wd}-dim vectors "
-                            "are required")
+            problems.append(f"'{want.name}' holds {hd}-dim vectors, {wd}-dim required")
         elif not _compatible(have, want.type):
-            problems.append(f"writes '{want.name}' as {type_name(have)} but "
-                            f"{type_name(want.type)} is required")
+            problems.append(f"'{want.name}' is {type_name(have)}, {type_name(want.type)} required")
     return problems
 
 

@@ -94,8 +94,12 @@ def load(
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         lines = text.splitlines()
+        where = ""
+        if exc.context and exc.context_mark and exc.context_mark is not mark:
+            cm = exc.context_mark
+            where = f" ({exc.context} at {cm.line + 1}:{cm.column + 1})"
         raise SpecError(
-            [SpecIssue(shown, line, col, f"invalid YAML: {exc.problem or exc}",
+            [SpecIssue(shown, line, col, f"invalid YAML: {exc.problem or exc}{where}",
                        lines[line - 1] if 0 < line <= len(lines) else None)]
         ) from exc
     if not isinstance(data, dict):
@@ -103,10 +107,10 @@ def load(
                                    "and `steps`")])
     issues: list[SpecIssue] = []
     data = _interpolate(data, (), pos, issues)
+    if issues:  # an unexpanded ${VAR} would only cause confusing follow-on errors
+        raise SpecError(issues)
     for item in overrides or []:
         _override(data, item, pos, issues)
-    if issues:
-        raise SpecError(issues)
 
     spec = _validate(PipelineSpec, data, (), pos, issues)
     if spec is None:
@@ -146,8 +150,7 @@ def _validate_step(name: str, body: dict[str, Any], pos: Positions,
         return None
     if kind not in types:
         issues.append(_issue(pos, (*where, "type"), f"steps.{name}.type: unknown step type "
-                             f"'{kind}'{registry.suggest(str(kind), list(types))} Valid types: "
-                             f"{', '.join(sorted(types))}"))
+                             f"'{kind}'{registry.suggest(str(kind), list(types), 'types')}"))
         return None
     cls = types[kind]
     config = _validate(cls.Config, body, where, pos, issues)
@@ -186,9 +189,8 @@ def _describe(err: Any, data: Any, model: type[BaseModel]) -> tuple[Path_, bool,
             path.append(part)
     kind = err["type"]
     if kind == "extra_forbidden":
-        valid = sorted(_fields_at(model, path[:-1]))
-        hint = registry.suggest(str(path[-1]), valid) if path else ""
-        return tuple(path), True, f"unknown key{hint} Valid keys: {', '.join(valid)}"
+        valid = list(_fields_at(model, path[:-1]))
+        return tuple(path), True, f"unknown key{registry.suggest(str(path[-1]), valid, 'keys')}"
     if kind == "missing":
         return tuple(path), True, "required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
@@ -249,10 +251,7 @@ def _override(data: dict[str, Any], item: str, pos: Positions, issues: list[Spec
         issues.append(SpecIssue("--set", 1, 1, f"'{item}': expected dotted.key=value, e.g. "
                                  "steps.chunks.max_tokens=128"))
         return
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = _parse_value(raw)
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = node.get(part) if isinstance(node, dict) else None
@@ -264,3 +263,15 @@ def _override(data: dict[str, Any], item: str, pos: Positions, issues: list[Spec
             return
         node = nxt
     node[parts[-1]] = value
+
+
+def _parse_value(raw: str) -> Any:
+    """``64`` → int, ``true`` → bool, ``[a, b]`` → list; anything else stays a string
+    (so ``query: `` is the prompt text, not a one-key mapping)."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, dict | list) and not raw.lstrip().startswith(("{", "[")):
+        return raw
+    return value

@@ -93,9 +93,10 @@ class Ingest(Step):
         return schemas.DOCUMENTS
 
     def preflight(self) -> list[tuple[tuple[str, ...], str]]:
+        listed = isinstance(self.config.source, list)
         return [
-            (("source",), problem)
-            for problem in (_missing(s, self.base_dir) for s in self.config.sources())
+            (("source", i) if listed else ("source",), problem)
+            for i, problem in enumerate(_missing(s, self.base_dir) for s in self.config.sources())
             if problem
         ]
 
