@@ -89,7 +89,7 @@ def test_set_errors_point_at_the_key(basic_spec: Path) -> None:
     with pytest.raises(SpecError) as info:
         load(basic_spec, overrides=["steps.chunks.max_tokens=many", "nonsense"])
     text = info.value.render()
-    assert f"{basic_spec}:4:" in text and "steps.chunks.max_tokens: input should be a valid integer" in text
+    assert f"{basic_spec}:5:68:" in text and "steps.chunks.max_tokens: input should be a valid integer" in text
     assert "--set:1:1: 'nonsense': expected dotted.key=value" in text
 
 
