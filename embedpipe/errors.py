@@ -37,11 +37,12 @@ class SpecError(EmbedpipeError):
     def __init__(self, issues: list[SpecIssue]) -> None:
         self.issues = sorted(issues, key=lambda i: (i.file, i.line, i.col, i.message))
         n = len(self.issues)
-        super().__init__(f"{n} error{'s' if n != 1 else ''} in spec")
+        self.summary = f"{n} error{'s' if n != 1 else ''} in spec"
+        super().__init__(self.render())
 
     def render(self, *, excerpt: bool = False) -> str:
         body = "\n".join(i.render(excerpt=excerpt) for i in self.issues)
-        return f"{body}\n{self}"
+        return f"{body}\n{self.summary}"
 
 
 class SourceError(EmbedpipeError):

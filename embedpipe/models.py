@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 from dataclasses import dataclass
 from importlib import metadata
@@ -111,11 +112,27 @@ def load(ref: ModelRef, device: str | None = None) -> Any:
             ) from exc
 
 
-@functools.cache
-def tokenizer(location: str) -> Any:
+def tokenizer(ref: ModelRef) -> Any:
     """The model's fast tokenizer, for counting tokens the way the encoder will."""
+    try:
+        return _tokenizer(ref.location)
+    except (OSError, ValueError) as exc:
+        raise LookupError(f"cannot load the tokenizer of model '{ref.name}': {exc}") from exc
+
+
+@functools.cache
+def _tokenizer(location: str) -> Any:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # token-count warnings on long documents are expected
     return AutoTokenizer.from_pretrained(location, use_fast=True)
+
+
+def unavailable(ref: ModelRef) -> str | None:
+    """Why ``ref`` cannot load here, when that is knowable without loading it."""
+    if ref.local or os.environ.get("HF_HUB_OFFLINE", "1") in ("0", "false", "False"):
+        return None
+    return (f"model '{ref.name}' is not a local folder and not in the Hugging Face cache, and "
+            "downloads are off (HF_HUB_OFFLINE=1); give a local path, the default "
+            f"'{DEFAULT_MODEL}', or set HF_HUB_OFFLINE=0 to allow downloading it")

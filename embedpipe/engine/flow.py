@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from prefect import flow, task
+from prefect import flow, tags, task
 from prefect.cache_policies import NO_CACHE
 from rich.console import Console
 
@@ -108,8 +108,10 @@ def execute(dag: Dag, *, overrides: list[str] | None = None, console: Console | 
         try:
             with bars:
                 pipeline_flow = _flow_for(dag, ws, catalog, result, bars)
-                pipeline_flow(pipeline=spec.name, spec=str(spec.path), spec_hash=spec.hash,
-                              run_id=result.run_id)
+                # Tags entered outside the flow call land on the flow run and its task runs.
+                with tags("embedpipe", f"pipeline:{spec.name}", f"spec:{spec.hash[:8]}"):
+                    pipeline_flow(pipeline=spec.name, spec=str(spec.path), spec_hash=spec.hash,
+                                  run_id=result.run_id)
             result.status = "completed"
         except Exception as exc:
             result.status = "failed"
@@ -136,7 +138,6 @@ def _flow_for(dag: Dag, ws: Workspace, catalog: Catalog, result: RunResult,
     """A Prefect flow for this run. Heavy objects are closed over, not passed as parameters:
     Prefect records parameters (and task inputs) in its database, so they stay small."""
     spec = dag.spec
-    tags = ["embedpipe", f"pipeline:{spec.name}", f"spec:{spec.hash[:8]}"]
     store = LanceStore(ws)
 
     def step_task(step: str, run_id: str) -> None:
@@ -150,23 +151,21 @@ def _flow_for(dag: Dag, ws: Workspace, catalog: Catalog, result: RunResult,
         log_prints=False,
     )
     def pipeline_flow(pipeline: str, spec: str, spec_hash: str, run_id: str) -> None:
-        from prefect import tags as prefect_tags
         from prefect.runtime import flow_run
 
         result.flow_run_id = str(flow_run.id) if flow_run.id else None
-        with prefect_tags(*tags):
-            for name in dag.order:
-                task(
-                    step_task,
-                    name=f"{name} ({dag.steps[name].type})",
-                    task_run_name=name,
-                    retries=2,
-                    retry_delay_seconds=2,
-                    retry_condition_fn=_transient,
-                    cache_policy=NO_CACHE,
-                    persist_result=False,
-                    tags=[f"step:{name}"],
-                )(step=name, run_id=run_id)
+        for name in dag.order:
+            task(
+                step_task,
+                name=f"{name} ({dag.steps[name].type})",
+                task_run_name=name,
+                retries=2,
+                retry_delay_seconds=2,
+                retry_condition_fn=_transient,
+                cache_policy=NO_CACHE,
+                persist_result=False,
+                tags=[f"step:{name}"],
+            )(step=name, run_id=run_id)
 
     return pipeline_flow
 

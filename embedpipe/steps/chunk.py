@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +33,13 @@ class ChunkConfig(StepConfig):
         256, gt=8, description="Most tokens per chunk, as the encoder counts them "
         "(special tokens included)."
     )
-    overlap: int = Field(32, ge=0, description="Tokens shared by consecutive token windows.")
+    # validate_default: the default 32 must also fit a small max_tokens, or windows would
+    # advance one token at a time.
+    overlap: int = Field(
+        32, ge=0, validate_default=True,
+        description="Tokens shared by consecutive token windows (at most; windows start and "
+        "end at word boundaries).",
+    )
     tokenizer: str | None = Field(
         None, description="Model whose tokenizer counts tokens. Default: the model of the "
         "encode step that reads this step."
@@ -63,6 +70,7 @@ class Chunk(Step):
     type = "chunk"
     Config = ChunkConfig
     reads = pa.schema([schemas.DOCUMENTS.field(n) for n in ("doc_id", "text", "title")])
+    version = 2  # 2: token windows no longer cut inside words
     config: ChunkConfig
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
@@ -82,8 +90,14 @@ class Chunk(Step):
             )
         return models.resolve(name, self.base_dir)
 
+    def preflight(self) -> list[tuple[tuple[str, ...], str]]:
+        if self.config.tokenizer is None:
+            return []  # the encode step reports its own model
+        problem = models.unavailable(self.tokenizer_model())
+        return [(("tokenizer",), problem)] if problem else []
+
     def setup(self, ctx: StepContext) -> None:
-        self._tok = models.tokenizer(self.tokenizer_model().location)
+        self._tok = models.tokenizer(self.tokenizer_model())
 
     def run(
         self, inputs: list[Iterator[pa.RecordBatch]], ctx: StepContext
@@ -91,6 +105,8 @@ class Chunk(Step):
         specials = self._tok.num_special_tokens_to_add()
         budget = self.config.max_tokens - specials
         for batch in inputs[0]:
+            if batch.num_rows == 0:
+                continue  # the tokenizer cannot take an empty list
             docs = batch.to_pydict()
             encoded = self._tok(
                 docs["text"], add_special_tokens=False, return_offsets_mapping=True
@@ -136,15 +152,26 @@ class Chunk(Step):
 def _windows(
     i0: int, i1: int, offsets: list[Span], budget: int, overlap: int
 ) -> list[tuple[Span, int]]:
-    """Token windows over tokens ``i0..i1``, as character spans."""
+    """Token windows over tokens ``i0..i1``, as character spans, sharing up to ``overlap``
+    tokens. Windows start and end at word boundaries where they can: a cut inside a word
+    leaves a fragment the encoder re-tokenizes into more pieces, past ``budget``."""
     out = []
-    stride = max(1, budget - overlap)
-    for a in range(i0, i1, stride):
+    a = i0
+    while True:
         b = min(a + budget, i1)
+        if b < i1:
+            b = _word_start(offsets, a + 1, b, last=True) or b  # or cut a too-long word
         out.append(((offsets[a][0], offsets[b - 1][1]), b - a))
         if b == i1:
-            break
-    return out
+            return out
+        lo = max(b - overlap, a + 1)  # always move forward
+        a = _word_start(offsets, lo, b, last=False) or lo
+
+
+def _word_start(offsets: list[Span], lo: int, hi: int, *, last: bool) -> int | None:
+    """The last (or first) token in ``lo..hi`` that follows whitespace, i.e. starts a word."""
+    ks = range(hi, lo - 1, -1) if last else range(lo, hi + 1)
+    return next((k for k in ks if k > 0 and offsets[k][0] > offsets[k - 1][1]), None)
 
 
 def _pack(
@@ -200,4 +227,4 @@ def _sections(text: str) -> list[Span]:
         if m.start() > 0 and not inside_fence:
             bounds.append(m.start())
     bounds.append(len(text))
-    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return [(a, b) for a, b in pairwise(bounds) if b > a]

@@ -78,6 +78,10 @@ class Encode(Step):
             kept + schemas.embedding_fields(self.dims), metadata={"embedpipe.kind": "embeddings"}
         )
 
+    def preflight(self) -> list[tuple[tuple[str, ...], str]]:
+        problem = models.unavailable(self.model_ref)
+        return [(("model",), problem)] if problem else []
+
     def setup(self, ctx: StepContext | None = None) -> None:
         if self._model is not None:
             return

@@ -6,6 +6,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,9 @@ _BY_SUFFIX: dict[str, str] = {
     ".html": "html", ".htm": "html", ".pdf": "pdf",
 }  # fmt: skip
 _ROW_FORMATS = {"beir", "jsonl", "parquet", "csv"}
+# YAML between '---' lines at the very top; CRLF files too (Windows editors).
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?:(.*?)\r?\n)??---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+_FENCE = re.compile(r"^(```|~~~)")
 _BATCH = 512
 
 
@@ -141,9 +145,11 @@ class Ingest(Step):
                     rel = f.relative_to(path)
                     if any(part.startswith(".") for part in rel.parts):
                         continue  # .git, .DS_Store and friends
-                    if self.config.include and not any(rel.match(g) for g in self.config.include):
+                    if self.config.include and not any(
+                        _matches(rel, g) for g in self.config.include
+                    ):
                         continue
-                    if any(rel.match(g) for g in self.config.exclude):
+                    if any(_matches(rel, g) for g in self.config.exclude):
                         continue
                     yield f, path.parent
             else:
@@ -156,14 +162,17 @@ class Ingest(Step):
         if fmt == "auto":
             fmt = _BY_SUFFIX.get(path.suffix.lower(), "text")
         try:
+            size = path.stat().st_size
+            if size == 0:
+                raise _Skip("empty file")  # row formats would otherwise yield nothing, silently
             if fmt in _ROW_FORMATS:
                 yield from self._rows(path, rel, fmt, ctx)
                 return
-            size = path.stat().st_size
-            if size > self.config.max_file_mb * 2**20:
-                ctx.skip(rel, f"file is {size / 2**20:.0f} MB, over max_file_mb="
-                         f"{self.config.max_file_mb:g}")
-                return
+            limit = self.config.max_file_mb * 2**20
+            if size > limit:
+                # bytes, not rounded MB: "100 MB, over max_file_mb=100" would read as no reason
+                raise _Skip(f"file is {size:,} bytes, over max_file_mb="
+                            f"{self.config.max_file_mb:g} ({int(limit):,} bytes)")
             doc = _read_whole(path, rel, fmt)
         except _Skip as skip:
             ctx.skip(rel, str(skip))
@@ -222,17 +231,25 @@ def _records(path: Path, fmt: str, rel: str, ctx: StepContext) -> Iterator[tuple
         import pyarrow.parquet as pq
 
         n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH):
-            for record in batch.to_pylist():
-                n += 1
-                yield n, record
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH):
+                for record in batch.to_pylist():
+                    n += 1
+                    yield n, record
+        except pa.ArrowInvalid as exc:
+            ctx.skip(f"{rel}:{n + 1}", f"cannot read Parquet: {exc}")
         return
     import pyarrow.csv as pcsv
 
     opts = pcsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
     n = 0
     try:
-        reader = pcsv.open_csv(path, parse_options=opts)
+        # Every column as text: inferred types turn id "007" into 7, reject numeric text, and
+        # fail mid-file (losing the rest) when a later block breaks the type of the first.
+        with pcsv.open_csv(path, parse_options=opts) as probe:
+            names = probe.schema.names
+        as_text = pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+        reader = pcsv.open_csv(path, parse_options=opts, convert_options=as_text)
         for batch in reader:
             for record in batch.to_pylist():
                 n += 1
@@ -265,25 +282,26 @@ def _read_whole(path: Path, rel: str, fmt: str) -> _Doc | None:
 
 
 def _front_matter(text: str) -> tuple[str, dict[str, Any]]:
-    if not text.startswith("---\n"):
-        return text, {}
-    end = text.find("\n---", 4)
-    if end < 0:
+    m = _FRONT_MATTER.match(text)
+    if not m:
         return text, {}
     import yaml
 
     try:
-        meta = yaml.safe_load(text[4:end])
+        meta = yaml.safe_load(m.group(1) or "") or {}
     except yaml.YAMLError:
         return text, {}
     if not isinstance(meta, dict):
         return text, {}
-    return text[end + 4 :].lstrip("\n"), {str(k): v for k, v in meta.items()}
+    return text[m.end() :].lstrip("\r\n"), {str(k): v for k, v in meta.items()}
 
 
 def _first_heading(text: str) -> str | None:
+    in_fence = False
     for line in text.splitlines():
-        if line.startswith("# "):
+        if _FENCE.match(line):
+            in_fence = not in_fence  # '# comment' in a shell block is no title
+        elif line.startswith("# ") and not in_fence:
             return line[2:].strip()
     return None
 
@@ -356,6 +374,16 @@ def _missing(source: str, base_dir: Path) -> str | None:
     if not path.exists():
         return f"'{source}' does not exist (resolved to {path})"
     return None
+
+
+def _matches(rel: Path, pattern: str) -> bool:
+    """``PurePath.match``, except that a leading ``**/`` also matches no directory at all
+    (Python 3.11 reads ``**`` as ``*``, so ``**/*.md`` would miss top-level files)."""
+    while pattern.startswith("**/"):
+        if rel.match(pattern):
+            return True
+        pattern = pattern[3:]
+    return rel.match(pattern)
 
 
 def _rel(path: Path, root: Path) -> str:
