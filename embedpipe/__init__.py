@@ -1,10 +1,10 @@
 """embedpipe: declarative embedding pipelines.
 
-    import embedpipe
-    pipe = embedpipe.load("pipelines/quickstart.yaml")
-    pipe.run()
-    pipe.search("how do I add a step?", k=5)
-    pipe.sql("select count(*) from quickstart")
+import embedpipe
+pipe = embedpipe.load("pipelines/quickstart.yaml")
+pipe.run()
+pipe.search("how do I add a step?", k=5)
+pipe.sql("select count(*) from quickstart")
 """
 
 from embedpipe import _env  # noqa: F401  (must run before Prefect / HF imports)

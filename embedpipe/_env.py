@@ -11,7 +11,7 @@ DEFAULTS: dict[str, str] = {
     # Prefect: no analytics, no telemetry; nothing leaves loopback.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
-    # The first ephemeral start on a fresh PREFECT_HOME runs DB migrations (~16 s here; default 20 s).
+    # The first ephemeral start on a fresh PREFECT_HOME runs DB migrations (~16 s; default 20 s).
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     # Prefect's INFO lines would interleave with our progress bars; its UI still gets every log.
     "PREFECT_LOGGING_LEVEL": "WARNING",

@@ -50,7 +50,8 @@ class Pipeline:
         return runs(self.dag, limit)
 
 
-def load(path: str | Path, *, overrides: list[str] | None = None,
-         workspace: str | Path | None = None) -> Pipeline:
+def load(
+    path: str | Path, *, overrides: list[str] | None = None, workspace: str | Path | None = None
+) -> Pipeline:
     """Load and type-check a spec; raises ``SpecError`` listing every problem."""
     return Pipeline(dag_mod.load(path, overrides=overrides, workspace=workspace), overrides)

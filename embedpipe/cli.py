@@ -30,8 +30,9 @@ err = Console(stderr=True, soft_wrap=True)
 SpecArg = Annotated[Path, typer.Argument(help="The pipeline spec (YAML).", show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a spec value: dotted.key=value (repeatable).",
-                 metavar="KEY=VALUE"),
+    typer.Option(
+        "--set", help="Override a spec value: dotted.key=value (repeatable).", metavar="KEY=VALUE"
+    ),
 ]
 WsOpt = Annotated[
     Path | None, typer.Option("--workspace", help="Use this workspace instead of the spec's.")
@@ -105,9 +106,13 @@ def validate(spec: SpecArg, sets: SetOpt = None, workspace: WsOpt = None) -> Non
 
 
 @app.command()
-def run(spec: SpecArg, sets: SetOpt = None, workspace: WsOpt = None, as_json: JsonOpt = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False
-        ) -> None:
+def run(
+    spec: SpecArg,
+    sets: SetOpt = None,
+    workspace: WsOpt = None,
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
     """Run SPEC as one Prefect flow run (one task per step) and commit the index.
 
     Example: pipe run pipelines/quickstart.yaml --set steps.chunks.max_tokens=128 --json
@@ -132,10 +137,15 @@ def run(spec: SpecArg, sets: SetOpt = None, workspace: WsOpt = None, as_json: Js
 
 
 @app.command()
-def search(spec: SpecArg, query: Annotated[str, typer.Argument(help="The query text.")],
-           k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many hits.")] = 10,
-           step: Annotated[str | None, typer.Option(help="Index step (default: the last).")] = None,
-           sets: SetOpt = None, workspace: WsOpt = None, as_json: JsonOpt = False) -> None:
+def search(
+    spec: SpecArg,
+    query: Annotated[str, typer.Argument(help="The query text.")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many hits.")] = 10,
+    step: Annotated[str | None, typer.Option(help="Index step (default: the last).")] = None,
+    sets: SetOpt = None,
+    workspace: WsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Search SPEC's index: top K chunks for QUERY, best first.
 
     Example: pipe search pipelines/scifact.yaml "vitamin D and bone fractures" -k 5
@@ -149,19 +159,27 @@ def search(spec: SpecArg, query: Annotated[str, typer.Argument(help="The query t
         print(_dump([{k_: h[k_] for k_ in ("doc_id", "chunk_id", "score", "text")} for h in hits]))
         return
     table = Table(title=f"{pipeline.name}: {query!r}")
-    for col, justify in (("#", "right"), ("score", "right"), ("doc_id", "left"),
-                         ("text", "left")):
+    for col, justify in (("#", "right"), ("score", "right"), ("doc_id", "left"), ("text", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for i, h in enumerate(hits, 1):
         text = " ".join(h["text"].split())
-        table.add_row(str(i), f"{h['score']:.3f}", h["chunk_id"],
-                      (text[:160] + "…") if len(text) > 160 else text)
+        table.add_row(
+            str(i),
+            f"{h['score']:.3f}",
+            h["chunk_id"],
+            (text[:160] + "…") if len(text) > 160 else text,
+        )
     out.print(table)
 
 
 @app.command()
-def sql(spec: SpecArg, query: Annotated[str, typer.Argument(help="A DuckDB SELECT.")],
-        sets: SetOpt = None, workspace: WsOpt = None, as_json: JsonOpt = False) -> None:
+def sql(
+    spec: SpecArg,
+    query: Annotated[str, typer.Argument(help="A DuckDB SELECT.")],
+    sets: SetOpt = None,
+    workspace: WsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Query SPEC's index tables and run catalog with DuckDB (read-only).
 
     Views: every Lance table of the workspace by name, and the catalog's runs, step_runs and
@@ -186,14 +204,20 @@ def sql(spec: SpecArg, query: Annotated[str, typer.Argument(help="A DuckDB SELEC
 
 
 def _cell(v: Any) -> str:
-    if isinstance(v, list) and len(v) > 6:
-        return f"[{', '.join(f'{x:.3f}' if isinstance(x, float) else str(x) for x in v[:4])}, … ×{len(v)}]"
+    if isinstance(v, list) and len(v) > 6:  # a vector: show its head and length
+        head = ", ".join(f"{x:.3f}" if isinstance(x, float) else str(x) for x in v[:4])
+        return f"[{head}, ...] ({len(v)})"
     return "" if v is None else str(v)
 
 
 @app.command()
-def runs(spec: SpecArg, limit: Annotated[int, typer.Option("-n", help="How many runs.")] = 20,
-         sets: SetOpt = None, workspace: WsOpt = None, as_json: JsonOpt = False) -> None:
+def runs(
+    spec: SpecArg,
+    limit: Annotated[int, typer.Option("-n", help="How many runs.")] = 20,
+    sets: SetOpt = None,
+    workspace: WsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Show SPEC's run history from the catalog, newest first.
 
     Example: pipe runs pipelines/scifact.yaml -n 5
@@ -207,17 +231,25 @@ def runs(spec: SpecArg, limit: Annotated[int, typer.Option("-n", help="How many 
     for c in ("run_id", "status", "started_at", "seconds", "lance_version", "spec_hash", "error"):
         table.add_column(c)
     for r in rows:
-        table.add_row(r["run_id"], r["status"], str(r["started_at"])[:19],
-                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
-                      str(r["lance_version"] or ""), r["spec_hash"][:8],
-                      (r["error"] or "")[:80], style="red" if r["status"] == "failed" else None)
+        table.add_row(
+            r["run_id"],
+            r["status"],
+            str(r["started_at"])[:19],
+            f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
+            str(r["lance_version"] or ""),
+            r["spec_hash"][:8],
+            (r["error"] or "")[:80],
+            style="red" if r["status"] == "failed" else None,
+        )
     out.print(table)
 
 
 @app.command()
-def schema(output: Annotated[Path | None, typer.Option("-o", "--output",
-                                                         help="Write to this file.")] = None
-           ) -> None:
+def schema(
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write to this file.")
+    ] = None,
+) -> None:
     """Print (or write) the JSON Schema of pipeline specs, for editor validation.
 
     Example: pipe schema -o embedpipe.schema.json

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from embedpipe import registry
-from embedpipe.schemas import kind, mismatches
 from embedpipe.errors import SpecError, SpecIssue
+from embedpipe.schemas import kind, mismatches
 from embedpipe.spec import Spec
 from embedpipe.spec import load as spec_load
 from embedpipe.spec.load import dotted
@@ -46,11 +46,17 @@ class Dag:
         return seen
 
 
-def load(path: str | Path, *, overrides: list[str] | None = None,
-         workspace: str | Path | None = None, preflight: bool = False) -> Dag:
+def load(
+    path: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    workspace: str | Path | None = None,
+    preflight: bool = False,
+) -> Dag:
     """Load a spec and build its DAG, reporting every problem of both at once."""
-    return build(spec_load(path, overrides=overrides, workspace=workspace, partial=True),
-                 preflight=preflight)
+    return build(
+        spec_load(path, overrides=overrides, workspace=workspace, partial=True), preflight=preflight
+    )
 
 
 def build(spec: Spec, *, preflight: bool = False) -> Dag:
@@ -73,9 +79,13 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
         order = list(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as exc:
         cycle: list[str] = exc.args[1]
-        issues.append(spec.issue(("steps", cycle[0], "input"),
-                                 f"steps.{cycle[0]}.input: cycle {' → '.join(reversed(cycle))}; "
-                                 "steps must not read their own output, directly or not"))
+        issues.append(
+            spec.issue(
+                ("steps", cycle[0], "input"),
+                f"steps.{cycle[0]}.input: cycle {' → '.join(reversed(cycle))}; "
+                "steps must not read their own output, directly or not",
+            )
+        )
         raise SpecError(issues) from None
 
     written: dict[str, pa.Schema] = {}
@@ -97,36 +107,52 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
     return Dag(spec, steps, order, written)
 
 
-def _mismatch(link: Link, upstream: Step, step: Step, required: pa.Schema | None
-              ) -> str | None:
+def _mismatch(link: Link, upstream: Step, step: Step, required: pa.Schema | None) -> str | None:
     problems = mismatches(link.schema, required) if required is not None else []
     if not problems:
         return None
-    return (f"step '{link.step}' ({upstream.type}) writes {kind(link.schema)}, which {step.type} "
-            f"cannot read: {'; '.join(problems)}")
+    return (
+        f"step '{link.step}' ({upstream.type}) writes {kind(link.schema)}, which {step.type} "
+        f"cannot read: {'; '.join(problems)}"
+    )
 
 
 def _input_path(step: Step, name: str, i: int) -> tuple[str | int, ...]:
     return ("steps", name, "input") + ((i,) if isinstance(step.config.input, list) else ())
 
 
-def _check_inputs(spec: Spec, name: str, step: Step, steps: dict[str, Step],
-                  issues: list[SpecIssue]) -> list[str]:
+def _check_inputs(
+    spec: Spec, name: str, step: Step, steps: dict[str, Step], issues: list[SpecIssue]
+) -> list[str]:
     ins = step.config.inputs()
     where = ("steps", name)
     if step.max_inputs == 0:
         if ins:
-            issues.append(spec.issue((*where, "input"), f"steps.{name}.input: {step.type} steps "
-                                     "read no input; remove `input`"))
+            issues.append(
+                spec.issue(
+                    (*where, "input"),
+                    f"steps.{name}.input: {step.type} steps read no input; remove `input`",
+                )
+            )
         return []
     if not ins:
         valid = ", ".join(n for n in steps if n != name)
-        issues.append(spec.issue(where, f"steps.{name}: missing `input`; name the step it reads "
-                                 f"from, one of: {valid}", key=True))
+        issues.append(
+            spec.issue(
+                where,
+                f"steps.{name}: missing `input`; name the step it reads from, one of: {valid}",
+                key=True,
+            )
+        )
         return []
     if len(ins) > step.max_inputs:
-        issues.append(spec.issue((*where, "input"), f"steps.{name}.input: {step.type} steps "
-                                 f"read at most {step.max_inputs} input(s), got {len(ins)}"))
+        issues.append(
+            spec.issue(
+                (*where, "input"),
+                f"steps.{name}.input: {step.type} steps "
+                f"read at most {step.max_inputs} input(s), got {len(ins)}",
+            )
+        )
     good = []
     for i, up in enumerate(ins):
         if up in spec.invalid:
@@ -136,7 +162,10 @@ def _check_inputs(spec: Spec, name: str, step: Step, steps: dict[str, Step],
             good.append(up)
             continue
         valid = [n for n in list(steps) + sorted(spec.invalid) if n != name]
-        why = "a step cannot read its own output" if up == name else (
-            f"unknown step '{up}'{registry.suggest(up, valid, 'steps')}")
+        why = (
+            "a step cannot read its own output"
+            if up == name
+            else (f"unknown step '{up}'{registry.suggest(up, valid, 'steps')}")
+        )
         issues.append(spec.issue(_input_path(step, name, i), f"steps.{name}.input: {why}"))
     return good

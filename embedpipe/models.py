@@ -76,7 +76,9 @@ def resolve(name: str, base_dir: Path | None = None) -> ModelRef:
     if candidate.is_dir():
         cfg = _read_json(candidate / "config_sentence_transformers.json")
         rev = cfg.get("__version__", {}).get("sentence_transformers", "local")
-        return ModelRef(name, str(candidate.resolve()), f"local:{rev}", _dims_from_folder(candidate), True)
+        return ModelRef(
+            name, str(candidate.resolve()), f"local:{rev}", _dims_from_folder(candidate), True
+        )
     # A hub id: find it in the local Hugging Face cache if it is there; never download here.
     try:
         from huggingface_hub import snapshot_download
@@ -133,6 +135,8 @@ def unavailable(ref: ModelRef) -> str | None:
     """Why ``ref`` cannot load here, when that is knowable without loading it."""
     if ref.local or os.environ.get("HF_HUB_OFFLINE", "1") in ("0", "false", "False"):
         return None
-    return (f"model '{ref.name}' is not a local folder and not in the Hugging Face cache, and "
-            "downloads are off (HF_HUB_OFFLINE=1); give a local path, the default "
-            f"'{DEFAULT_MODEL}', or set HF_HUB_OFFLINE=0 to allow downloading it")
+    return (
+        f"model '{ref.name}' is not a local folder and not in the Hugging Face cache, and "
+        "downloads are off (HF_HUB_OFFLINE=1); give a local path, the default "
+        f"'{DEFAULT_MODEL}', or set HF_HUB_OFFLINE=0 to allow downloading it"
+    )

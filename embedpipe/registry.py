@@ -38,7 +38,9 @@ def step_types() -> dict[str, type[Step]]:
         try:
             cls = ep.load()
         except Exception as exc:
-            raise PluginError(f"step plugin '{ep.name}' ({ep.value}) failed to import: {exc}") from exc
+            raise PluginError(
+                f"step plugin '{ep.name}' ({ep.value}) failed to import: {exc}"
+            ) from exc
         if not (isinstance(cls, type) and issubclass(cls, Step)):
             raise PluginError(f"step plugin '{ep.name}' ({ep.value}) is not an embedpipe Step")
         found[ep.name] = cls

@@ -13,18 +13,36 @@ import embedpipe  # noqa: F401  (applies the package's environment defaults firs
 
 # Six short documents on distinct topics: each query below has one clearly right answer.
 CORPUS = [
-    {"_id": "d1", "title": "Vitamin D and bone fractures",
-     "text": "Vitamin D supplementation in older adults reduced the rate of hip fractures."},
-    {"_id": "d2", "title": "Honeybee navigation",
-     "text": "Honeybees use the position of the sun and a waggle dance to share flower locations."},
-    {"_id": "d3", "title": "Volcanic eruptions and climate",
-     "text": "Sulfur aerosols from large eruptions cool the planet for one or two years."},
-    {"_id": "d4", "title": "Sourdough bread",
-     "text": "A sourdough starter is a culture of wild yeast and lactic acid bacteria."},
-    {"_id": "d5", "title": "Black holes",
-     "text": "Matter falling into a black hole heats up and emits X-rays before the horizon."},
-    {"_id": "d6", "title": "Chess openings",
-     "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp, unbalanced games."},
+    {
+        "_id": "d1",
+        "title": "Vitamin D and bone fractures",
+        "text": "Vitamin D supplementation in older adults reduced the rate of hip fractures.",
+    },
+    {
+        "_id": "d2",
+        "title": "Honeybee navigation",
+        "text": "Honeybees use the sun's position and a waggle dance to share flower locations.",
+    },
+    {
+        "_id": "d3",
+        "title": "Volcanic eruptions and climate",
+        "text": "Sulfur aerosols from large eruptions cool the planet for one or two years.",
+    },
+    {
+        "_id": "d4",
+        "title": "Sourdough bread",
+        "text": "A sourdough starter is a culture of wild yeast and lactic acid bacteria.",
+    },
+    {
+        "_id": "d5",
+        "title": "Black holes",
+        "text": "Matter falling into a black hole heats up and emits X-rays before the horizon.",
+    },
+    {
+        "_id": "d6",
+        "title": "Chess openings",
+        "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp, unbalanced games.",
+    },
 ]
 
 

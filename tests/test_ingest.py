@@ -579,7 +579,8 @@ def test_glob_matching_nothing_raises_and_preflight_reports_it(tmp_path: Path) -
         "docs", Ingest.Config(type="ingest", source=["real.txt", "*.md"]), base_dir=tmp_path
     )
     [(key, problem)] = step.preflight()
-    assert key == ("source",) and "'*.md' matches no files" in problem
+    assert key == ("source", 1)  # the second entry of the list
+    assert "'*.md' matches no files" in problem
     with pytest.raises(SourceError, match="matches no files"):
         list(step.run([], make_ctx(tmp_path)))
 

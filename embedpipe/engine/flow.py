@@ -86,8 +86,13 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def execute(dag: Dag, *, overrides: list[str] | None = None, console: Console | None = None,
-            progress: bool = True) -> RunResult:
+def execute(
+    dag: Dag,
+    *,
+    overrides: list[str] | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> RunResult:
     """Run ``dag`` once; always returns a result (status failed on error) and records it."""
     spec = dag.spec
     ws = Workspace(spec.workspace)
@@ -98,8 +103,13 @@ def execute(dag: Dag, *, overrides: list[str] | None = None, console: Console | 
         result.steps = {n: StepResult() for n in dag.order}
         started = time.perf_counter()
         catalog.start_run(
-            run_id=result.run_id, pipeline=spec.name, status="running", started_at=now(),
-            spec_path=str(spec.path), spec_hash=spec.hash, overrides=overrides or [],
+            run_id=result.run_id,
+            pipeline=spec.name,
+            status="running",
+            started_at=now(),
+            spec_path=str(spec.path),
+            spec_hash=spec.hash,
+            overrides=overrides or [],
             tables=[s.table_name(spec.name) for s in dag.of_type("index")],  # type: ignore[attr-defined]
             models=sorted({s.config.model for s in dag.of_type("encode")}),  # type: ignore[attr-defined]
             embedpipe_version=metadata.version("embedpipe"),
@@ -110,8 +120,12 @@ def execute(dag: Dag, *, overrides: list[str] | None = None, console: Console | 
                 pipeline_flow = _flow_for(dag, ws, catalog, result, bars)
                 # Tags entered outside the flow call land on the flow run and its task runs.
                 with tags("embedpipe", f"pipeline:{spec.name}", f"spec:{spec.hash[:8]}"):
-                    pipeline_flow(pipeline=spec.name, spec=str(spec.path), spec_hash=spec.hash,
-                                  run_id=result.run_id)
+                    pipeline_flow(
+                        pipeline=spec.name,
+                        spec=str(spec.path),
+                        spec_hash=spec.hash,
+                        run_id=result.run_id,
+                    )
             result.status = "completed"
         except Exception as exc:
             result.status = "failed"
@@ -120,8 +134,12 @@ def execute(dag: Dag, *, overrides: list[str] | None = None, console: Console | 
             ws.clear_staging(result.run_id)
             result.seconds = time.perf_counter() - started
             catalog.finish_run(
-                result.run_id, status=result.status, ended_at=now(), seconds=result.seconds,
-                flow_run_id=result.flow_run_id, lance_version=result.lance_version,
+                result.run_id,
+                status=result.status,
+                ended_at=now(),
+                seconds=result.seconds,
+                flow_run_id=result.flow_run_id,
+                lance_version=result.lance_version,
                 error=result.error,
             )
     return result
@@ -133,8 +151,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _flow_for(dag: Dag, ws: Workspace, catalog: Catalog, result: RunResult,
-              bars: RunProgress) -> Callable[..., None]:
+def _flow_for(
+    dag: Dag, ws: Workspace, catalog: Catalog, result: RunResult, bars: RunProgress
+) -> Callable[..., None]:
     """A Prefect flow for this run. Heavy objects are closed over, not passed as parameters:
     Prefect records parameters (and task inputs) in its database, so they stay small."""
     spec = dag.spec
@@ -170,14 +189,25 @@ def _flow_for(dag: Dag, ws: Workspace, catalog: Catalog, result: RunResult,
     return pipeline_flow
 
 
-def _run_step(dag: Dag, name: str, ws: Workspace, store: LanceStore, catalog: Catalog,
-              result: RunResult, bars: RunProgress) -> None:
+def _run_step(
+    dag: Dag,
+    name: str,
+    ws: Workspace,
+    store: LanceStore,
+    catalog: Catalog,
+    result: RunResult,
+    bars: RunProgress,
+) -> None:
     step = dag.steps[name]
     res = StepResult(status="running")
     result.steps[name] = res
     ctx = StepContext(
-        pipeline=dag.spec.name, run_id=result.run_id, spec_hash=dag.spec.hash,
-        base_dir=dag.spec.base_dir, workspace=ws.root, store=store,
+        pipeline=dag.spec.name,
+        run_id=result.run_id,
+        spec_hash=dag.spec.hash,
+        base_dir=dag.spec.base_dir,
+        workspace=ws.root,
+        store=store,
     )
     started_at, t0 = now(), time.perf_counter()
     upstream = step.config.inputs()
@@ -211,10 +241,19 @@ def _run_step(dag: Dag, name: str, ws: Workspace, store: LanceStore, catalog: Ca
         bars.finish(name, res)
         catalog.record_step(
             {
-                "run_id": result.run_id, "step": name, "type": step.type, "status": res.status,
-                "rows_in": res.rows_in, "rows_out": res.rows_out, "computed": res.computed,
-                "cached": res.cached, "deleted": res.deleted, "skipped": res.skipped,
-                "seconds": res.seconds, "started_at": started_at, "ended_at": now(),
+                "run_id": result.run_id,
+                "step": name,
+                "type": step.type,
+                "status": res.status,
+                "rows_in": res.rows_in,
+                "rows_out": res.rows_out,
+                "computed": res.computed,
+                "cached": res.cached,
+                "deleted": res.deleted,
+                "skipped": res.skipped,
+                "seconds": res.seconds,
+                "started_at": started_at,
+                "ended_at": now(),
                 "error": res.error,
             },
             ctx.skipped,
@@ -223,12 +262,15 @@ def _run_step(dag: Dag, name: str, ws: Workspace, store: LanceStore, catalog: Ca
 
 def _hint(dag: Dag, name: str) -> str:
     spec = dag.spec.path
-    return (f"Nothing was committed. Inspect: pipe sql {spec} \"select * from step_runs "
-            f"where step = '{name}' order by started_at desc limit 1\"; fix, then: pipe run {spec}")
+    return (
+        f'Nothing was committed. Inspect: pipe sql {spec} "select * from step_runs '
+        f"where step = '{name}' order by started_at desc limit 1\"; fix, then: pipe run {spec}"
+    )
 
 
-def _counting(batches: Iterator[pa.RecordBatch], res: StepResult, bars: RunProgress,
-              name: str) -> Iterator[pa.RecordBatch]:
+def _counting(
+    batches: Iterator[pa.RecordBatch], res: StepResult, bars: RunProgress, name: str
+) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         res.rows_in += batch.num_rows
         bars.advance(name, batch.num_rows, by_input=True)
@@ -239,9 +281,17 @@ def _path(ws: Workspace, run_id: str, step: str) -> Path:
     return ws.staging(run_id) / f"{step}.arrow"
 
 
-def _write(ws: Workspace, run_id: str, step: str, batches: Iterator[pa.RecordBatch],
-           res: StepResult, bars: RunProgress, name: str, schema: pa.Schema,
-           has_input: bool) -> None:
+def _write(
+    ws: Workspace,
+    run_id: str,
+    step: str,
+    batches: Iterator[pa.RecordBatch],
+    res: StepResult,
+    bars: RunProgress,
+    name: str,
+    schema: pa.Schema,
+    has_input: bool,
+) -> None:
     path = _path(ws, run_id, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = None
@@ -261,5 +311,3 @@ def _write(ws: Workspace, run_id: str, step: str, batches: Iterator[pa.RecordBat
 def _read(ws: Workspace, run_id: str, step: str) -> Iterator[pa.RecordBatch]:
     with pa.memory_map(str(_path(ws, run_id, step))) as source:
         yield from pa.ipc.open_stream(source)
-
-

@@ -62,17 +62,21 @@ class RunProgress:
 
 def summary(result: RunResult) -> Table:
     """The end-of-run table: one row per step, the §9 counts."""
-    table = Table(title=f"{result.pipeline} · run {result.run_id} · {result.status}"
-                  + (f" · lance v{result.lance_version}" if result.lance_version else ""))
+    table = Table(
+        title=f"{result.pipeline} · run {result.run_id} · {result.status}"
+        + (f" · lance v{result.lance_version}" if result.lance_version else "")
+    )
     cols: list[tuple[str, Any]] = [("step", "left")] + [
-        (c, "right") for c in
-        ("in", "out", "computed", "cached", "deleted", "skipped", "seconds")
+        (c, "right") for c in ("in", "out", "computed", "cached", "deleted", "skipped", "seconds")
     ]
     for name, justify in cols:
         table.add_column(name, justify=justify)
     for name, s in result.steps.items():
         style = "red" if s.status == "failed" else None
-        table.add_row(name, *(str(v) for v in (s.rows_in, s.rows_out, s.computed, s.cached,
-                                                s.deleted, s.skipped)),
-                      f"{s.seconds:.1f}", style=style)
+        table.add_row(
+            name,
+            *(str(v) for v in (s.rows_in, s.rows_out, s.computed, s.cached, s.deleted, s.skipped)),
+            f"{s.seconds:.1f}",
+            style=style,
+        )
     return table

@@ -19,8 +19,10 @@ def index_step(dag: Dag, name: str | None = None) -> Index:
     if name is not None:
         found = [s for s in indexes if s.name == name]
         if not found:
-            raise EmbedpipeError(f"--step {name}: not an index step of '{dag.spec.name}'; "
-                                 f"index steps: {', '.join(s.name for s in indexes) or 'none'}")
+            raise EmbedpipeError(
+                f"--step {name}: not an index step of '{dag.spec.name}'; "
+                f"index steps: {', '.join(s.name for s in indexes) or 'none'}"
+            )
         return found[0]  # type: ignore[return-value]
     if not indexes:
         raise EmbedpipeError(f"pipeline '{dag.spec.name}' has no index step to search")
@@ -36,13 +38,18 @@ def search(dag: Dag, query: str, k: int = 10, *, step: str | None = None) -> lis
     ws = Workspace(dag.spec.workspace)
     table = index.table_name(dag.spec.name)
     if not ws.table_exists(table):
-        raise NotIndexed(f"table '{table}' does not exist in {ws.root} yet; "
-                         f"run first: pipe run {dag.spec.path}")
+        raise NotIndexed(
+            f"table '{table}' does not exist in {ws.root} yet; run first: pipe run {dag.spec.path}"
+        )
     tbl = ws.connect().open_table(table)
     vector = encoder.encode_queries([query])[0]
     metric = index.config.metric
-    q = (tbl.search(vector, vector_column_name="vector").distance_type(metric).limit(k)
-         .select(["chunk_id", "doc_id", "text", "title", "_distance"]))
+    q = (
+        tbl.search(vector, vector_column_name="vector")
+        .distance_type(metric)
+        .limit(k)
+        .select(["chunk_id", "doc_id", "text", "title", "_distance"])
+    )
     if index.config.ann.type != "none":
         q = q.nprobes(index.config.ann.nprobes)
         if index.config.ann.refine_factor:
@@ -51,8 +58,15 @@ def search(dag: Dag, query: str, k: int = 10, *, step: str | None = None) -> lis
     for row in q.to_list():
         d = float(row.pop("_distance"))
         score = 1.0 - d if metric in ("cosine", "dot") else -d
-        hits.append({"doc_id": row["doc_id"], "chunk_id": row["chunk_id"], "score": score,
-                     "text": row["text"], "title": row.get("title") or ""})
+        hits.append(
+            {
+                "doc_id": row["doc_id"],
+                "chunk_id": row["chunk_id"],
+                "score": score,
+                "text": row["text"],
+                "title": row.get("title") or "",
+            }
+        )
     hits.sort(key=lambda h: h["score"], reverse=True)
     return hits
 
@@ -84,8 +98,9 @@ def sql(dag: Dag, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         rel = con.execute(query)
     except duckdb.Error as exc:
         views = sorted(set(Workspace(dag.spec.workspace).tables()) | set(TABLES))
-        raise EmbedpipeError(f"SQL error: {str(exc).splitlines()[0]}. "
-                             f"Tables: {', '.join(views)}") from exc
+        raise EmbedpipeError(
+            f"SQL error: {str(exc).splitlines()[0]}. Tables: {', '.join(views)}"
+        ) from exc
     if rel.description is None:
         return [], []
     cols = [d[0] for d in rel.description]

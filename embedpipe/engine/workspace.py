@@ -1,9 +1,9 @@
 """A pipeline's workspace on disk, the Lance store lent to index steps, and the run lock.
 
-    <workspace>/lance/<table>.lance     LanceDB tables (every run is a new table version)
-    <workspace>/catalog.duckdb          runs, step runs, skipped inputs
-    <workspace>/staging/<run_id>/       step outputs of a run in progress (Arrow IPC)
-    <workspace>/.lock                   held by the run in progress
+<workspace>/lance/<table>.lance     LanceDB tables (every run is a new table version)
+<workspace>/catalog.duckdb          runs, step runs, skipped inputs
+<workspace>/staging/<run_id>/       step outputs of a run in progress (Arrow IPC)
+<workspace>/.lock                   held by the run in progress
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class LanceStore:
         if first is None:
             raise EmbedpipeError(
                 f"step '{step.name}' received no rows, so table '{table}' was left as it was; "
-                "check the skipped inputs with `pipe sql SPEC \"select * from skipped\"`"
+                'check the skipped inputs with `pipe sql SPEC "select * from skipped"`'
             )
         reader = pa.RecordBatchReader.from_batches(first.schema, chain([first], it))
         if not self.ws.table_exists(table):
@@ -137,8 +137,9 @@ class LanceStore:
         if ann.type == "ivf_pq":
             dims = tbl.schema.field("vector").type.list_size
             sub = ann.sub_vectors if ann.sub_vectors != "auto" else _sub_vectors(dims)
-            config: Any = IvfPq(distance_type=metric, num_partitions=partitions,
-                                num_sub_vectors=sub)
+            config: Any = IvfPq(
+                distance_type=metric, num_partitions=partitions, num_sub_vectors=sub
+            )
         else:
             config = HnswSq(distance_type=metric, num_partitions=partitions)
         tbl.create_index("vector", config=config, replace=True)

@@ -122,8 +122,9 @@ def type_name(t: pa.DataType) -> str:
 def describe(schema: pa.Schema) -> str:
     """One line, e.g. ``chunks(chunk_id, doc_id, ..., vector: float32[384])``."""
     cols = [
-        f"{f.name}: {type_name(f.type)}" if pa.types.is_list(f.type)
-        or pa.types.is_fixed_size_list(f.type) else f.name
+        f"{f.name}: {type_name(f.type)}"
+        if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
+        else f.name
         for f in schema
     ]
     return f"{kind(schema)}({', '.join(cols)})"

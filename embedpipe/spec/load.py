@@ -99,12 +99,20 @@ def load(
             cm = exc.context_mark
             where = f" ({exc.context} at {cm.line + 1}:{cm.column + 1})"
         raise SpecError(
-            [SpecIssue(shown, line, col, f"invalid YAML: {exc.problem or exc}{where}",
-                       lines[line - 1] if 0 < line <= len(lines) else None)]
+            [
+                SpecIssue(
+                    shown,
+                    line,
+                    col,
+                    f"invalid YAML: {exc.problem or exc}{where}",
+                    lines[line - 1] if 0 < line <= len(lines) else None,
+                )
+            ]
         ) from exc
     if not isinstance(data, dict):
-        raise SpecError([SpecIssue(shown, 1, 1, "a spec must be a YAML mapping with `name` "
-                                   "and `steps`")])
+        raise SpecError(
+            [SpecIssue(shown, 1, 1, "a spec must be a YAML mapping with `name` and `steps`")]
+        )
     issues: list[SpecIssue] = []
     data = _interpolate(data, (), pos, issues)
     if issues:  # an unexpanded ${VAR} would only cause confusing follow-on errors
@@ -135,30 +143,51 @@ def load(
     return Spec(path.resolve(), spec, steps, pos, ws.resolve(), digest, tuple(issues), invalid)
 
 
-def _validate_step(name: str, body: dict[str, Any], pos: Positions,
-                   issues: list[SpecIssue]) -> StepDef | None:
+def _validate_step(
+    name: str, body: dict[str, Any], pos: Positions, issues: list[SpecIssue]
+) -> StepDef | None:
     where: Path_ = ("steps", name)
     if not _STEP_NAME.match(name):
-        issues.append(_issue(pos, where, f"steps.{name}: step names must start with a letter and "
-                             "use only letters, digits, _ and -", key=True))
+        issues.append(
+            _issue(
+                pos,
+                where,
+                f"steps.{name}: step names must start with a letter and "
+                "use only letters, digits, _ and -",
+                key=True,
+            )
+        )
         return None
     kind = body.get("type")
     types = registry.step_types()
     if kind is None:
-        issues.append(_issue(pos, where, f"steps.{name}: missing `type`; valid types: "
-                             f"{', '.join(sorted(types))}", key=True))
+        issues.append(
+            _issue(
+                pos,
+                where,
+                f"steps.{name}: missing `type`; valid types: {', '.join(sorted(types))}",
+                key=True,
+            )
+        )
         return None
     if kind not in types:
-        issues.append(_issue(pos, (*where, "type"), f"steps.{name}.type: unknown step type "
-                             f"'{kind}'{registry.suggest(str(kind), list(types), 'types')}"))
+        issues.append(
+            _issue(
+                pos,
+                (*where, "type"),
+                f"steps.{name}.type: unknown step type "
+                f"'{kind}'{registry.suggest(str(kind), list(types), 'types')}",
+            )
+        )
         return None
     cls = types[kind]
     config = _validate(cls.Config, body, where, pos, issues)
     return StepDef(name, cls, config) if config is not None else None
 
 
-def _validate(model: type[M], data: Any, prefix: Path_, pos: Positions,
-              issues: list[SpecIssue]) -> M | None:
+def _validate(
+    model: type[M], data: Any, prefix: Path_, pos: Positions, issues: list[SpecIssue]
+) -> M | None:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -179,10 +208,9 @@ def _describe(err: Any, data: Any, model: type[BaseModel]) -> tuple[Path_, bool,
     loc = list(err["loc"])
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             path.append(part)
             node = node[part]
         elif last and err["type"] == "missing":
@@ -235,8 +263,14 @@ def _interpolate(node: Any, path: Path_, pos: Positions, issues: list[SpecIssue]
             return m.group(0)[1:]  # $${X} is a literal ${X}
         value = os.environ.get(var)
         if value is None and default is None:
-            issues.append(_issue(pos, path, f"{dotted(path)}: environment variable {var} is not "
-                                 f"set; set it or write ${{{var}:-default}}"))
+            issues.append(
+                _issue(
+                    pos,
+                    path,
+                    f"{dotted(path)}: environment variable {var} is not "
+                    f"set; set it or write ${{{var}:-default}}",
+                )
+            )
             return m.group(0)
         return value if value is not None else default
 
@@ -248,8 +282,14 @@ def _override(data: dict[str, Any], item: str, pos: Positions, issues: list[Spec
     key, sep, raw = item.partition("=")
     parts = [p for p in key.strip().split(".")]
     if not sep or not all(parts):
-        issues.append(SpecIssue("--set", 1, 1, f"'{item}': expected dotted.key=value, e.g. "
-                                 "steps.chunks.max_tokens=128"))
+        issues.append(
+            SpecIssue(
+                "--set",
+                1,
+                1,
+                f"'{item}': expected dotted.key=value, e.g. steps.chunks.max_tokens=128",
+            )
+        )
         return
     value = _parse_value(raw)
     node: Any = data
@@ -258,8 +298,13 @@ def _override(data: dict[str, Any], item: str, pos: Positions, issues: list[Spec
         if nxt is None and isinstance(node, dict):
             nxt = node[part] = {}
         if not isinstance(nxt, dict):
-            issues.append(_issue(pos, tuple(parts[: i + 1]), f"--set {key}: "
-                                 f"{'.'.join(parts[: i + 1])} is not a mapping"))
+            issues.append(
+                _issue(
+                    pos,
+                    tuple(parts[: i + 1]),
+                    f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping",
+                )
+            )
             return
         node = nxt
     node[parts[-1]] = value

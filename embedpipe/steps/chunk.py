@@ -30,19 +30,23 @@ class ChunkConfig(StepConfig):
         "none: one chunk per document.",
     )
     max_tokens: int = Field(
-        256, gt=8, description="Most tokens per chunk, as the encoder counts them "
-        "(special tokens included)."
+        256,
+        gt=8,
+        description="Most tokens per chunk, as the encoder counts them (special tokens included).",
     )
     # validate_default: the default 32 must also fit a small max_tokens, or windows would
     # advance one token at a time.
     overlap: int = Field(
-        32, ge=0, validate_default=True,
+        32,
+        ge=0,
+        validate_default=True,
         description="Tokens shared by consecutive token windows (at most; windows start and "
         "end at word boundaries).",
     )
     tokenizer: str | None = Field(
-        None, description="Model whose tokenizer counts tokens. Default: the model of the "
-        "encode step that reads this step."
+        None,
+        description="Model whose tokenizer counts tokens. Default: the model of the "
+        "encode step that reads this step.",
     )
 
     @field_validator("overlap")
@@ -108,9 +112,7 @@ class Chunk(Step):
             if batch.num_rows == 0:
                 continue  # the tokenizer cannot take an empty list
             docs = batch.to_pydict()
-            encoded = self._tok(
-                docs["text"], add_special_tokens=False, return_offsets_mapping=True
-            )
+            encoded = self._tok(docs["text"], add_special_tokens=False, return_offsets_mapping=True)
             hashes = docs.get("content_hash")
             rows: list[dict[str, Any]] = []
             for i, text in enumerate(docs["text"]):

@@ -88,8 +88,9 @@ class Encode(Step):
         self._model = models.load(self.model_ref, self.config.device)
         if self.config.max_tokens:
             self._model.max_seq_length = self.config.max_tokens
-        dim_of = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension")  # renamed in sentence-transformers 6
+        # renamed in sentence-transformers 6; keep working with 3.x-5.x
+        dim_of = getattr(self._model, "get_embedding_dimension", None)
+        dim_of = dim_of or self._model.get_sentence_embedding_dimension
         self._dims = int(dim_of())
 
     def _encode(self, texts: list[str], prompt: str) -> np.ndarray:

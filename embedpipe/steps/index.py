@@ -26,14 +26,16 @@ class AnnConfig(BaseModel):
     )
     nprobes: int = Field(20, gt=0, description="Partitions probed per query.")
     refine_factor: int | None = Field(
-        None, gt=0, description="Re-rank k × this many candidates with exact distances."
+        None, gt=0, description="Re-rank k * this many candidates with exact distances."
     )
 
 
 class IndexConfig(StepConfig):
     table: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Lance table name "
-        "(default: the pipeline name); also its view name in `pipe sql`."
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Lance table name "
+        "(default: the pipeline name); also its view name in `pipe sql`.",
     )
     metric: Literal["cosine", "dot", "l2"] = Field("cosine", description="Vector distance.")
     dims: int | None = Field(

@@ -55,8 +55,9 @@ class IngestConfig(StepConfig):
     )
     format: Format = Field("auto", description="auto picks by file extension.")
     id_field: str | None = Field(
-        None, description="Row formats: the field holding a stable document id "
-        "(beir: _id). Default: path:row."
+        None,
+        description="Row formats: the field holding a stable document id "
+        "(beir: _id). Default: path:row.",
     )
     text_field: str = Field("text", description="Row formats: the field holding the text.")
     title_field: str | None = Field("title", description="Row formats: the title field.")
@@ -113,8 +114,10 @@ class Ingest(Step):
         for path, root in self._files():
             for doc in self._read(path, root, ctx):
                 if doc.doc_id in seen:
-                    ctx.skip(doc.source, f"duplicate doc_id '{doc.doc_id}' "
-                             f"(first seen at {seen[doc.doc_id]})")
+                    ctx.skip(
+                        doc.source,
+                        f"duplicate doc_id '{doc.doc_id}' (first seen at {seen[doc.doc_id]})",
+                    )
                     continue
                 if not doc.text.strip():
                     ctx.skip(doc.source, "empty document: no text after extraction")
@@ -171,8 +174,10 @@ class Ingest(Step):
             limit = self.config.max_file_mb * 2**20
             if size > limit:
                 # bytes, not rounded MB: "100 MB, over max_file_mb=100" would read as no reason
-                raise _Skip(f"file is {size:,} bytes, over max_file_mb="
-                            f"{self.config.max_file_mb:g} ({int(limit):,} bytes)")
+                raise _Skip(
+                    f"file is {size:,} bytes, over max_file_mb="
+                    f"{self.config.max_file_mb:g} ({int(limit):,} bytes)"
+                )
             doc = _read_whole(path, rel, fmt)
         except _Skip as skip:
             ctx.skip(rel, str(skip))
@@ -377,12 +382,15 @@ def _missing(source: str, base_dir: Path) -> str | None:
 
 
 def _matches(rel: Path, pattern: str) -> bool:
-    """``PurePath.match``, except that a leading ``**/`` also matches no directory at all
-    (Python 3.11 reads ``**`` as ``*``, so ``**/*.md`` would miss top-level files)."""
+    """``PurePath.match`` (from the right), with ``**`` at either end spanning any number of
+    directories: Python 3.11 reads ``**`` as ``*``, so ``**/*.md`` would miss top-level files
+    and ``build/**`` anything deeper than ``build/x``."""
     while pattern.startswith("**/"):
-        if rel.match(pattern):
-            return True
-        pattern = pattern[3:]
+        pattern = pattern[3:]  # matching from the right allows any directories before
+    if pattern in ("", "**"):
+        return True
+    if pattern.endswith("/**"):
+        return any(parent.match(pattern[:-3]) for parent in rel.parents if parent.parts)
     return rel.match(pattern)
 
 
