@@ -23,7 +23,9 @@ Skips = list[tuple[str, str]]
 
 
 def make_ctx(tmp_path: Path) -> StepContext:
-    return StepContext(pipeline="t", run_id="r", spec_hash="h", base_dir=tmp_path, workspace=tmp_path)
+    return StepContext(
+        pipeline="t", run_id="r", spec_hash="h", base_dir=tmp_path, workspace=tmp_path
+    )
 
 
 def ingest(tmp_path: Path, source: str | list[str], **config: Any) -> tuple[Rows, Skips]:
@@ -158,7 +160,9 @@ def test_jsonl_rows_that_are_not_objects_are_skipped(tmp_path: Path) -> None:
 
 
 def test_row_without_text_is_skipped(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "d.jsonl", [{"_id": "a", "body": "wrong field"}, {"_id": "b", "text": "ok"}])
+    write_jsonl(
+        tmp_path / "d.jsonl", [{"_id": "a", "body": "wrong field"}, {"_id": "b", "text": "ok"}]
+    )
     rows, skipped = ingest(tmp_path, "d.jsonl", format="beir")
     assert [r["doc_id"] for r in rows] == ["b"]
     assert_reason(skipped, "d.jsonl:1", "text")

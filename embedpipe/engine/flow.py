@@ -7,6 +7,7 @@ workspace, so memory stays flat however large the corpus. Only this package impo
 from __future__ import annotations
 
 import errno
+import functools
 import time
 import traceback
 import uuid
@@ -215,13 +216,20 @@ def _run_step(
     bars.start(name, total)
     try:
         step.setup(ctx)
-        inputs = [_counting(_read(ws, result.run_id, u), res, bars, name) for u in upstream]
-        out = step.run(inputs, ctx)
+        # A bar counts the rows a step consumes, or writes for sources and 1:1 steps that
+        # consume in large windows (encode), so it moves as work completes.
+        by_output = not upstream or step.progress == "output"
+        tick = functools.partial(bars.advance, name)
+        inputs = [
+            _counting(_read(ws, result.run_id, u), res, None if by_output else tick)
+            for u in upstream
+        ]
+        out = _counted_output(step.run(inputs, ctx), res, tick if by_output else None)
         if step.downstream:
-            _write(ws, result.run_id, name, out, res, bars, name, dag.schemas[name], bool(upstream))
+            _write(_path(ws, result.run_id, name), out, dag.schemas[name])
         else:
-            for batch in out:
-                res.rows_out += batch.num_rows
+            for _ in out:
+                pass
         res.computed = ctx.stats.get("computed", res.rows_out)
         res.rows_out = ctx.stats.get("rows_out", res.rows_out)
         res.cached = ctx.stats.get("cached", 0)
@@ -269,11 +277,22 @@ def _hint(dag: Dag, name: str) -> str:
 
 
 def _counting(
-    batches: Iterator[pa.RecordBatch], res: StepResult, bars: RunProgress, name: str
+    batches: Iterator[pa.RecordBatch], res: StepResult, tick: Callable[[int], None] | None
 ) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         res.rows_in += batch.num_rows
-        bars.advance(name, batch.num_rows, by_input=True)
+        if tick:
+            tick(batch.num_rows)
+        yield batch
+
+
+def _counted_output(
+    batches: Iterator[pa.RecordBatch], res: StepResult, tick: Callable[[int], None] | None
+) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        res.rows_out += batch.num_rows
+        if tick:
+            tick(batch.num_rows)
         yield batch
 
 
@@ -281,18 +300,8 @@ def _path(ws: Workspace, run_id: str, step: str) -> Path:
     return ws.staging(run_id) / f"{step}.arrow"
 
 
-def _write(
-    ws: Workspace,
-    run_id: str,
-    step: str,
-    batches: Iterator[pa.RecordBatch],
-    res: StepResult,
-    bars: RunProgress,
-    name: str,
-    schema: pa.Schema,
-    has_input: bool,
-) -> None:
-    path = _path(ws, run_id, step)
+def _write(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+    """Stage a step's output as an Arrow IPC stream, batch by batch."""
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = None
     with pa.OSFile(str(path), "wb") as sink:
@@ -300,9 +309,6 @@ def _write(
             if writer is None:
                 writer = pa.ipc.new_stream(sink, batch.schema)
             writer.write_batch(batch)
-            res.rows_out += batch.num_rows
-            if not has_input:
-                bars.advance(name, batch.num_rows, by_input=False)
         if writer is None:
             writer = pa.ipc.new_stream(sink, schema)
         writer.close()

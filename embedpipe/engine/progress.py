@@ -24,6 +24,9 @@ class RunProgress:
     """One bar per step; a step's bar counts input rows consumed (output rows for sources)."""
 
     def __init__(self, console: Console, steps: list[str], *, enabled: bool = True) -> None:
+        # Without a terminal (cron, CI logs) live bars cannot redraw: log a line per step.
+        self.console = console
+        self.lines = enabled and not console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description:<12}"),
             BarColumn(),
@@ -31,7 +34,7 @@ class RunProgress:
             TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(),
             console=console,
-            disable=not enabled,
+            disable=not enabled or self.lines,
             transient=False,
         )
         self.ids: dict[str, TaskID] = {
@@ -46,10 +49,12 @@ class RunProgress:
         self.progress.stop()
 
     def start(self, step: str, total: int | None) -> None:
+        if self.lines:
+            self.console.print(f"{step}: running", highlight=False)
         self.progress.start_task(self.ids[step])
         self.progress.update(self.ids[step], total=total, note="running")
 
-    def advance(self, step: str, n: int, *, by_input: bool) -> None:
+    def advance(self, step: str, n: int) -> None:
         self.progress.advance(self.ids[step], n)
 
     def finish(self, step: str, res: StepResult) -> None:
@@ -58,6 +63,8 @@ class RunProgress:
             f", {res.skipped} skipped" if res.skipped else ""
         )
         self.progress.update(self.ids[step], total=max(done, 1), completed=max(done, 1), note=note)
+        if self.lines:
+            self.console.print(f"{step}: {note} in {res.seconds:.1f} s", highlight=False)
 
 
 def summary(result: RunResult) -> Table:

@@ -75,6 +75,7 @@ class Step:
     reads: ClassVar[pa.Schema | None] = None  # None: a source step, no input
     max_inputs: ClassVar[int] = 1
     version: ClassVar[int] = 1  # bump when output for the same input and config changes
+    progress: ClassVar[str] = "input"  # what a progress bar counts: "input" or "output" rows
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
         self.name = name

@@ -157,17 +157,18 @@ def _windows(
     """Token windows over tokens ``i0..i1``, as character spans, sharing up to ``overlap``
     tokens. Windows start and end at word boundaries where they can: a cut inside a word
     leaves a fragment the encoder re-tokenizes into more pieces, past ``budget``."""
-    out = []
+    out: list[tuple[Span, int]] = []
     a = i0
-    while True:
+    while a < i1:  # no tokens (an empty document): no windows
         b = min(a + budget, i1)
         if b < i1:
             b = _word_start(offsets, a + 1, b, last=True) or b  # or cut a too-long word
         out.append(((offsets[a][0], offsets[b - 1][1]), b - a))
         if b == i1:
-            return out
+            break
         lo = max(b - overlap, a + 1)  # always move forward
         a = _word_start(offsets, lo, b, last=False) or lo
+    return out
 
 
 def _word_start(offsets: list[Span], lo: int, hi: int, *, last: bool) -> int | None:

@@ -55,6 +55,7 @@ class Encode(Step):
     type = "encode"
     Config = EncodeConfig
     reads = pa.schema([schemas.CHUNKS.field("chunk_id"), schemas.CHUNKS.field("text")])
+    progress = "output"  # one vector per chunk; inputs are consumed a window at a time
     config: EncodeConfig
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
