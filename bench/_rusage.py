@@ -1,14 +1,18 @@
-"""Run a Python script in this process and record its peak RSS when the process exits.
+"""Run a Python script in this process and record its peak RSS and CPU time when it exits.
 
-    python bench/_peak_rss.py OUT.json SCRIPT [ARGS...]
+    python bench/_rusage.py OUT.json SCRIPT [ARGS...]
 
 SCRIPT runs as ``__main__`` with ``sys.argv = [SCRIPT, *ARGS]`` (a console-script shim such as
-``.venv/bin/pipe`` works as is), so the figures are those of the measured program itself, not a
-max over every child some parent ever waited for. At exit, OUT.json gets:
+``.venv/bin/pipe`` works as is), so the figures are those of the measured program itself.
+(``RUSAGE_CHILDREN`` read by a parent that runs several programs would not do: its
+``ru_maxrss`` is the max over every child it ever waited for, so a "delta" of it means nothing.)
+At exit, OUT.json gets:
 
-    self_kib      peak RSS of this process (ru_maxrss of RUSAGE_SELF; KiB on Linux)
-    children_kib  the largest peak RSS among the children this process waited for (e.g. the
-                  Prefect server started in ephemeral mode); 0 when there were none
+    self_kib, self_cpu_s          peak RSS (ru_maxrss, KiB on Linux) and user + system CPU
+                                  seconds of this process, all its threads
+    children_kib, children_cpu_s  the largest peak RSS among the children this process waited
+                                  for (e.g. Prefect's ephemeral server), and their CPU seconds;
+                                  0 when there were none
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from pathlib import Path
 
 
 def _report(out: Path) -> None:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     data = {
-        "self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "children_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        "self_kib": own.ru_maxrss,
+        "self_cpu_s": own.ru_utime + own.ru_stime,
+        "children_kib": children.ru_maxrss,
+        "children_cpu_s": children.ru_utime + children.ru_stime,
     }
     out.write_text(json.dumps(data))
 
@@ -34,7 +42,7 @@ def main() -> None:
         sys.exit(f"usage: {sys.argv[0]} OUT.json SCRIPT [ARGS...]")
     out, script, *args = sys.argv[1:]
     # Registered first, so it runs last: after the script's own exit handlers (Prefect stops
-    # and waits for its ephemeral server in one), so their children are counted too.
+    # and waits for its ephemeral server in one), so that server is counted among the children.
     atexit.register(_report, Path(out))
     sys.argv = [script, *args]
     sys.path[0] = str(Path(script).resolve().parent)

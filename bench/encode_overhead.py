@@ -12,8 +12,8 @@
 3. Compares throughput, peak RSS of both processes, and the vectors (cosine by chunk_id), and
    rewrites the "## encode_overhead" section of bench/RESULTS.md.
 
-Both measured programs run under bench/_peak_rss.py, which reports each one's own peak RSS
-(and, separately, the largest of its own children, e.g. Prefect's ephemeral server).
+Both measured programs run under bench/_rusage.py, which reports each one's own peak RSS and
+CPU time (and, separately, those of its own children, e.g. Prefect's ephemeral server).
 """
 
 from __future__ import annotations
@@ -57,12 +57,14 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Measured:
-    """One measured subprocess: its stdout, wall time and peak RSS."""
+    """One measured subprocess: its stdout, wall time, peak RSS and CPU seconds."""
 
     stdout: str
     wall_s: float
     peak_kib: int
+    cpu_s: float
     children_peak_kib: int
+    children_cpu_s: float
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,10 @@ def parse_args() -> argparse.Namespace:
         description="Encode throughput of `pipe run` vs raw sentence-transformers (SciFact)."
     )
     parser.add_argument(
-        "--limit", type=int, default=None, metavar="N",
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
         help="only the corpus's first N documents (a smoke run); default: the whole corpus",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="for both encoders")
@@ -173,10 +178,10 @@ def limited_corpus(pipeline: embedpipe.Pipeline, limit: int, tmp: Path) -> tuple
 
 # -- measured subprocesses ----------------------------------------------------------------------
 def run_measured(name: str, script: Path, args: list[str], tmp: Path) -> Measured:
-    """Run ``script`` under bench/_peak_rss.py; stderr goes to TMP/NAME.stderr.log."""
-    rss_file = tmp / f"{name}.rss.json"
+    """Run ``script`` under bench/_rusage.py; stderr goes to TMP/NAME.stderr.log."""
+    rss_file = tmp / f"{name}.rusage.json"
     log = tmp / f"{name}.stderr.log"
-    cmd = [sys.executable, str(BENCH / "_peak_rss.py"), str(rss_file), str(script), *args]
+    cmd = [sys.executable, str(BENCH / "_rusage.py"), str(rss_file), str(script), *args]
     t0 = time.perf_counter()
     with log.open("w") as err:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -184,8 +189,15 @@ def run_measured(name: str, script: Path, args: list[str], tmp: Path) -> Measure
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-25:])
         raise BenchError(f"{name} exited with {proc.returncode}:\n  {shlex.join(cmd)}\n{tail}")
-    rss = json.loads(rss_file.read_text())
-    return Measured(proc.stdout, wall, int(rss["self_kib"]), int(rss["children_kib"]))
+    use = json.loads(rss_file.read_text())
+    return Measured(
+        stdout=proc.stdout,
+        wall_s=wall,
+        peak_kib=int(use["self_kib"]),
+        cpu_s=float(use["self_cpu_s"]),
+        children_peak_kib=int(use["children_kib"]),
+        children_cpu_s=float(use["children_cpu_s"]),
+    )
 
 
 def last_json(stdout: str) -> Any:
@@ -195,8 +207,9 @@ def last_json(stdout: str) -> Any:
     raise BenchError(f"no JSON line in the output:\n{stdout[-2000:]}")
 
 
-def run_pipeline(spec: Path, workspace: Path, sets: list[str], enc: EncodeSettings,
-                 tmp: Path) -> PipeRun:
+def run_pipeline(
+    spec: Path, workspace: Path, sets: list[str], enc: EncodeSettings, tmp: Path
+) -> PipeRun:
     pipe = Path(sys.executable).with_name("pipe")
     if not pipe.is_file():
         raise BenchError(f"{pipe} not found: run with the project's venv (.venv/bin/python)")
@@ -228,12 +241,19 @@ def encoder_input(title: str | None, text: str, include_title: bool) -> str:
     return f"{title}\n\n{text}" if include_title and title else text
 
 
-def run_raw(texts: list[str], enc: EncodeSettings, batch_size: int,
-            tmp: Path) -> tuple[RawRun, np.ndarray]:
+def run_raw(
+    texts: list[str], enc: EncodeSettings, batch_size: int, tmp: Path
+) -> tuple[RawRun, np.ndarray]:
     texts_file, vectors_file = tmp / "raw-texts.json", tmp / "raw-vectors.npy"
     texts_file.write_text(json.dumps({"texts": texts}, ensure_ascii=False))
-    args = [str(texts_file), str(vectors_file), "--model", enc.model_dir,
-            "--batch-size", str(batch_size)]
+    args = [
+        str(texts_file),
+        str(vectors_file),
+        "--model",
+        enc.model_dir,
+        "--batch-size",
+        str(batch_size),
+    ]
     if not enc.normalize:
         args.append("--no-normalize")
     if enc.prompt:
@@ -263,30 +283,34 @@ def mib(kib: int) -> str:
     return f"{kib / 1024:,.0f} MiB"
 
 
+def _child(m: Measured, what: str) -> str:
+    if not m.children_peak_kib:
+        return "none"
+    return f"{mib(m.children_peak_kib)}, CPU {m.children_cpu_s:.1f} s{what}"
+
+
 def rows(p: PipeRun, r: RawRun, agree: Agreement) -> list[tuple[str, str, str]]:
     """(metric, pipe run, raw sentence-transformers)."""
     pipe_tput, raw_tput = p.chunks / p.encode_s, r.chunks / r.encode_s
     ratio = pipe_tput / raw_tput
-    ratio_with_load = p.chunks / p.encode_s / (r.chunks / (r.encode_s + r.import_s + r.load_s))
-    in_steps = sum(p.step_seconds.values())
+    raw_with_setup = r.chunks / (r.import_s + r.load_s + r.encode_s)
     verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
+    outside = p.proc.wall_s - sum(p.step_seconds.values())
     return [
         ("chunks encoded", f"{p.chunks:,}", f"{r.chunks:,}"),
         ("encode seconds", f"{p.encode_s:.2f}", f"{r.encode_s:.2f}"),
         ("encode throughput (chunks/s)", f"{pipe_tput:.1f}", f"{raw_tput:.1f}"),
         ("throughput ratio pipe/raw", f"{ratio:.3f} (target ≥ {TARGET_RATIO}: {verdict})", ""),
-        ("ratio if raw also counts import + model load", f"{ratio_with_load:.3f}", ""),
-        ("import + model load (s)", "in encode seconds",
-         f"{r.import_s:.2f} + {r.load_s:.2f}"),
-        ("all steps (s)", ", ".join(f"{n} {s:.2f}" for n, s in p.step_seconds.items()), ""),
+        ("import + model load (s)", "inside encode seconds", f"{r.import_s:.2f} + {r.load_s:.2f}"),
+        ("ratio if raw also counts import + load", f"{pipe_tput / raw_with_setup:.3f}", ""),
+        ("step seconds", ", ".join(f"{n} {s:.2f}" for n, s in p.step_seconds.items()), ""),
         ("process wall time (s)", f"{p.proc.wall_s:.2f}", f"{r.proc.wall_s:.2f}"),
-        ("  of which outside the steps (s)", f"{p.proc.wall_s - in_steps:.2f}", ""),
+        ("… outside the steps (s)", f"{outside:.2f}", ""),
+        ("process CPU time, all threads (s)", f"{p.proc.cpu_s:.1f}", f"{r.proc.cpu_s:.1f}"),
         ("peak RSS, the process itself", mib(p.proc.peak_kib), mib(r.proc.peak_kib)),
-        ("peak RSS, its largest child", mib(p.proc.children_peak_kib) + " (Prefect's server)"
-         if p.proc.children_peak_kib else "none", mib(r.proc.children_peak_kib)
-         if r.proc.children_peak_kib else "none"),
-        ("vector agreement, cosine by chunk_id", f"mean {agree.mean:.6f}, min {agree.min:.6f}",
-         ""),
+        ("its children: peak RSS, CPU", _child(p.proc, " (Prefect server)"), _child(r.proc, "")),
+        ("torch threads", "", str(r.torch_threads)),
+        ("vectors: cosine to raw, by chunk_id", f"mean {agree.mean:.6f}, min {agree.min:.6f}", ""),
     ]
 
 
@@ -303,19 +327,27 @@ def print_table(table_rows: list[tuple[str, str, str]], title: str) -> None:
 def machine() -> dict[str, str]:
     u = platform.uname()
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
-         if line.startswith("model name")), u.processor or "unknown CPU",
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read_lines("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        u.processor or "unknown CPU",
     )
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " ".join(_read_lines("/proc/loadavg")[:1]).split()[:3]
+    packages = ("torch", "sentence-transformers", "prefect", "lancedb", "embedpipe")
     return {
         "uname": f"{u.system} {u.release} {u.machine}",
         "cpu": f"{cpu}; {os.cpu_count()} CPUs ({usable} usable)",
         "python": platform.python_version(),
-        "versions": ", ".join(f"{p} {_version(p)}" for p in
-                              ("torch", "sentence-transformers", "prefect", "lancedb", "embedpipe")),
-        "load": " ".join(load) or "unknown",
+        "versions": ", ".join(f"{p} {_version(p)}" for p in packages),
     }
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine distorts timings."""
+    fields = " ".join(_read_lines("/proc/loadavg")).split()[:3]
+    return " ".join(fields) or "unknown"
 
 
 def _read_lines(path: str) -> list[str]:
@@ -338,13 +370,20 @@ def command_line() -> str:
     return shlex.join([shown, os.path.relpath(Path(__file__).resolve(), ROOT), *sys.argv[1:]])
 
 
-def section(args: argparse.Namespace, info: dict[str, str], p: PipeRun,
-            table_rows: list[tuple[str, str, str]]) -> str:
+def section(
+    args: argparse.Namespace,
+    info: dict[str, str],
+    loads: tuple[str, str],
+    p: PipeRun,
+    table_rows: list[tuple[str, str, str]],
+) -> str:
     if args.limit is not None:
-        scope = (f"**Smoke run** (`--limit {args.limit}`: the corpus's first {p.docs:,} documents, "
-                 f"{p.chunks:,} chunks). It checks that the benchmark works; on so few chunks "
-                 "the timings are not the result. The full run is `make bench` (no arguments: "
-                 "the whole corpus).")
+        scope = (
+            f"**Smoke run** (`--limit {args.limit}`: the corpus's first {p.docs:,} documents, "
+            f"{p.chunks:,} chunks). It checks that the benchmark works; on so few chunks "
+            "the timings are not the result. The full run is `make bench` (no arguments: "
+            "the whole corpus)."
+        )
     else:
         scope = f"Full corpus: {p.docs:,} documents, {p.chunks:,} chunks."
     lines = [
@@ -356,7 +395,7 @@ def section(args: argparse.Namespace, info: dict[str, str], p: PipeRun,
         f"- Command: `{command_line()}`",
         f"- Machine: {info['uname']}; {info['cpu']}; Python {info['python']}",
         f"- Versions: {info['versions']}",
-        f"- Load average when it started: {info['load']}",
+        f"- Load average (1, 5, 15 min) at the start: {loads[0]}; at the end: {loads[1]}",
         f"- Batch size {args.batch_size} for both, device cpu for both, "
         "one run each (single runs, expect ±15%).",
     ]
@@ -369,9 +408,10 @@ def section(args: argparse.Namespace, info: dict[str, str], p: PipeRun,
         *(f"| {m} | {a} | {b} |" for m, a, b in table_rows),
         "",
         "The pipeline's encode seconds are the encode step's `seconds` from `pipe run --json`: "
-        "they include the step's setup (importing sentence-transformers, loading the model), "
-        "reading and writing its staged Arrow files. The raw seconds are the `encode()` call "
-        "alone. Peak RSS is each process's own `ru_maxrss`, measured by bench/_peak_rss.py.",
+        "they include the step's setup (importing sentence-transformers, loading the model) "
+        "and reading and writing its staged Arrow files. The raw seconds are the `encode()` "
+        "call alone. Peak RSS and CPU time are each process's own (`getrusage`, measured by "
+        "bench/_rusage.py); its children's are shown apart.",
         "",
     ]
     return "\n".join(lines)
@@ -382,8 +422,12 @@ def write_section(path: Path, body: str) -> None:
     if path.exists():
         lines = path.read_text().splitlines()
     else:
-        lines = ["# Benchmarks", "", "Each section is rewritten by the script it is named after.",
-                 ""]
+        lines = [
+            "# Benchmarks",
+            "",
+            "Each section is rewritten by the script it is named after.",
+            "",
+        ]
     start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
     new = body.rstrip("\n").splitlines()
     if start is None:
@@ -391,15 +435,17 @@ def write_section(path: Path, body: str) -> None:
             lines.pop()
         lines += ["", *new]
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "# "))),
-                   len(lines))
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "# "))),
+            len(lines),
+        )
         lines[start:end] = [*new, ""] if end < len(lines) else new
     path.write_text("\n".join(lines) + "\n")
 
 
 # -- main ---------------------------------------------------------------------------------------
 def bench(args: argparse.Namespace, tmp: Path) -> None:
-    info = machine()
+    info, load_before = machine(), load_average()
     spec = args.spec.resolve()
     pipeline = embedpipe.load(spec)
     enc = encode_settings(pipeline)
@@ -423,9 +469,11 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
     stored = np.asarray([c["vector"] for c in chunks], dtype=np.float32)
     table_rows = rows(p, r, agreement(stored, raw_vectors))
     scope = f"first {args.limit} docs (smoke run)" if args.limit else "full corpus"
+    loads = (load_before, load_average())
     print_table(table_rows, f"encode_overhead · {scope} · batch {args.batch_size}")
+    console.print(f"load average at the start: {loads[0]}; at the end: {loads[1]}")
     if not args.no_write:
-        write_section(args.results, section(args, info, p, table_rows))
+        write_section(args.results, section(args, info, loads, p, table_rows))
         console.print(f"wrote the {SECTION!r} section of {args.results}")
 
 
@@ -434,7 +482,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="embedpipe-bench-"))
     try:
         bench(args, tmp)
-    except BenchError as exc:
+    except (BenchError, embedpipe.EmbedpipeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     finally:

@@ -57,6 +57,11 @@ def test_run_search_sql(basic_spec: Path) -> None:
         ("index", 6, "completed"),
     ]
     assert not (pipe.workspace / "staging").exists()
+    # SQL is read-only: no writing files, no attaching databases.
+    target = basic_spec.parent / "leak.csv"
+    with pytest.raises(EmbedpipeError, match="SQL error: Permission Error"):
+        pipe.sql(f"copy (select * from tiny) to '{target}'")
+    assert not target.exists()
 
 
 def test_prefect_records_the_flow_run(basic_spec: Path) -> None:

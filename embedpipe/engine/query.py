@@ -71,11 +71,12 @@ def search(dag: Dag, query: str, k: int = 10, *, step: str | None = None) -> lis
     return hits
 
 
-def connect(dag: Dag) -> duckdb.DuckDBPyConnection:
+def connect(dag: Dag, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with every Lance table of the workspace and the catalog as views.
 
     Lance tables are read in place through their Arrow dataset (projection and filter
-    pushdown); the catalog file is attached read-only.
+    pushdown); the catalog file is attached read-only. With ``read_only`` the connection then
+    loses file-system access for good (no COPY TO, no ATTACH, no reading other files).
     """
     ws = Workspace(dag.spec.workspace)
     con = duckdb.connect()
@@ -89,6 +90,9 @@ def connect(dag: Dag) -> duckdb.DuckDBPyConnection:
         for t in TABLES:
             if t not in lance_names:
                 con.execute(f"CREATE VIEW {t} AS SELECT * FROM catalog.{t}")
+    if read_only:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     return con
 
 

@@ -1,0 +1,71 @@
+"""The public CLI contract (DESIGN.md §9), through the real `pipe` command in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def pipe(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "embedpipe.cli", *args],
+                          capture_output=True, text=True, check=False)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from tests.conftest import BASIC_SPEC, CORPUS
+
+    root = tmp_path_factory.mktemp("cli")
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS))
+    spec = root / "spec.yaml"
+    spec.write_text(BASIC_SPEC.lstrip())
+    proc = pipe("run", str(spec), "--json")
+    return spec, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_run_json(indexed: tuple[Path, dict]) -> None:
+    _, out = indexed
+    assert out["status"] == "completed" and out["pipeline"] == "tiny"
+    assert isinstance(out["run_id"], str) and out["lance_version"] == 1
+    assert list(out["steps"]) == ["docs", "chunks", "vectors", "index"]
+    for step in out["steps"].values():
+        assert set(step) == {"rows_in", "rows_out", "computed", "cached", "deleted", "skipped",
+                             "seconds"}
+        assert step["computed"] + step["cached"] == step["rows_out"]
+
+
+def test_search_json(indexed: tuple[Path, dict]) -> None:
+    spec, _ = indexed
+    hits = json.loads(pipe("search", str(spec), "sourdough starter yeast", "-k", "3",
+                           "--json").stdout)
+    assert len(hits) == 3 and hits[0]["doc_id"] == "d4"
+    assert all(set(h) == {"doc_id", "chunk_id", "score", "text"} for h in hits)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_sql_and_runs_json(indexed: tuple[Path, dict]) -> None:
+    spec, run = indexed
+    rows = json.loads(pipe("sql", str(spec), "select count(distinct doc_id) as n from tiny",
+                           "--json").stdout)
+    assert rows == [{"n": 6}]
+    runs = json.loads(pipe("runs", str(spec), "--json").stdout)
+    assert runs[0]["run_id"] == run["run_id"] and runs[0]["status"] == "completed"
+    human = pipe("sql", str(spec), "select step, rows_out from step_runs").stdout
+    assert "vectors" in human
+
+
+def test_errors_are_one_line_with_exit_codes(indexed: tuple[Path, dict], tmp_path: Path) -> None:
+    spec, _ = indexed
+    bad_sql = pipe("sql", str(spec), "select * from nope", check=False)
+    assert bad_sql.returncode == 1
+    assert bad_sql.stderr.startswith("error: SQL error: Catalog Error: Table with name nope")
+    assert "Tables: chunks" not in bad_sql.stderr and "tiny" in bad_sql.stderr
+    missing = pipe("search", str(spec), "x", "--workspace", str(tmp_path / "empty"), check=False)
+    assert missing.returncode == 1 and "run first: pipe run" in missing.stderr
