@@ -459,3 +459,37 @@ def test_output_schema() -> None:
     step = Chunk("c", Chunk.Config(type="chunk"), base_dir=Path("."))
     assert step.output_schema([]).equals(schemas.CHUNKS)
     assert step.requires() is not None and set(step.requires().names) == {"doc_id", "text", "title"}
+
+
+def test_room_is_left_for_a_title_the_encoder_prepends(tmp_path: Path) -> None:
+    """With encode's include_title, title + chunk must fit the window, or the tail is cut."""
+    from embedpipe import models
+    from embedpipe.steps.encode import Encode
+
+    title = "A fairly long title about the retrieval of scientific abstracts"
+    text = " ".join(f"word{i}" for i in range(400))
+    for include_title in (True, False):
+        chunk = Chunk(
+            "chunks", Chunk.Config(type="chunk", max_tokens=64, overlap=0), base_dir=tmp_path
+        )
+        encode = Encode(
+            "vectors", Encode.Config(type="encode", include_title=include_title), base_dir=tmp_path
+        )
+        chunk.downstream = [encode]
+        ctx = StepContext(
+            pipeline="t", run_id="r", spec_hash="h", base_dir=tmp_path, workspace=tmp_path
+        )
+        chunk.setup(ctx)
+        batch = pa.RecordBatch.from_pylist(
+            [{"doc_id": "d", "text": text, "title": title}],
+            schema=pa.schema(
+                [("doc_id", pa.string()), ("text", pa.string()), ("title", pa.string())]
+            ),
+        )
+        rows = [r for b in chunk.run([iter([batch])], ctx) for r in b.to_pylist()]
+        tok = models.tokenizer(models.resolve(models.DEFAULT_MODEL))
+        lengths = [len(tok(f"{title}\n\n{r['text']}")["input_ids"]) for r in rows]
+        if include_title:
+            assert max(lengths) <= 64
+        else:
+            assert max(r["n_tokens"] for r in rows) <= 64 < max(lengths)

@@ -11,8 +11,9 @@ import pytest
 
 
 def pipe(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "embedpipe.cli", *args],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedpipe.cli", *args], capture_output=True, text=True, check=False
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -36,15 +37,23 @@ def test_run_json(indexed: tuple[Path, dict]) -> None:
     assert isinstance(out["run_id"], str) and out["lance_version"] == 1
     assert list(out["steps"]) == ["docs", "chunks", "vectors", "index"]
     for step in out["steps"].values():
-        assert set(step) == {"rows_in", "rows_out", "computed", "cached", "deleted", "skipped",
-                             "seconds"}
+        assert set(step) == {
+            "rows_in",
+            "rows_out",
+            "computed",
+            "cached",
+            "deleted",
+            "skipped",
+            "seconds",
+        }
         assert step["computed"] + step["cached"] == step["rows_out"]
 
 
 def test_search_json(indexed: tuple[Path, dict]) -> None:
     spec, _ = indexed
-    hits = json.loads(pipe("search", str(spec), "sourdough starter yeast", "-k", "3",
-                           "--json").stdout)
+    hits = json.loads(
+        pipe("search", str(spec), "sourdough starter yeast", "-k", "3", "--json").stdout
+    )
     assert len(hits) == 3 and hits[0]["doc_id"] == "d4"
     assert all(set(h) == {"doc_id", "chunk_id", "score", "text"} for h in hits)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
@@ -52,8 +61,9 @@ def test_search_json(indexed: tuple[Path, dict]) -> None:
 
 def test_sql_and_runs_json(indexed: tuple[Path, dict]) -> None:
     spec, run = indexed
-    rows = json.loads(pipe("sql", str(spec), "select count(distinct doc_id) as n from tiny",
-                           "--json").stdout)
+    rows = json.loads(
+        pipe("sql", str(spec), "select count(distinct doc_id) as n from tiny", "--json").stdout
+    )
     assert rows == [{"n": 6}]
     runs = json.loads(pipe("runs", str(spec), "--json").stdout)
     assert runs[0]["run_id"] == run["run_id"] and runs[0]["status"] == "completed"

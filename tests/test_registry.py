@@ -46,7 +46,8 @@ class Shout(Step):
     def run(self, inputs, ctx: StepContext) -> Iterator[pa.RecordBatch]:
         for batch in inputs[0]:
             i = batch.schema.get_field_index("text")
-            text = pc.binary_join_element_wise(pc.utf8_upper(batch.column(i)), self.config.suffix, "")
+            loud = pc.utf8_upper(batch.column(i))
+            text = pc.binary_join_element_wise(loud, self.config.suffix, "")
             yield batch.set_column(i, "text", text)
 '''
 
@@ -66,10 +67,10 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     sys.modules.pop("shout_plugin", None)
 
 
-def test_plugin_step_is_found_and_type_checked(plugin: None, basic_spec: Path,
-                                               write_spec) -> None:  # type: ignore[no-untyped-def]
+def test_plugin_step_is_found_and_type_checked(plugin: None, basic_spec: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
     assert "shout" in registry.step_types()
-    spec = write_spec(textwrap.dedent("""
+    spec = write_spec(
+        textwrap.dedent("""
         name: loud
         steps:
           docs: {type: ingest, source: corpus.jsonl, format: beir}
@@ -77,7 +78,9 @@ def test_plugin_step_is_found_and_type_checked(plugin: None, basic_spec: Path,
           loud: {type: shout, input: chunks, suffix: "!!"}
           vectors: {type: encode, input: loud}
           bad: {type: shout, input: docs, sufix: "?"}
-    """), "loud.yaml")
+    """),
+        "loud.yaml",
+    )
     with pytest.raises(SpecError) as info:
         dag_mod.load(spec)
     assert "steps.bad.sufix: unknown key; did you mean 'suffix'?" in str(info.value)
@@ -112,7 +115,8 @@ def test_step_classes_are_checked_when_defined() -> None:
 def test_plugin_step_runs_in_a_pipeline(plugin: None, corpus: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
     import embedpipe
 
-    spec = write_spec(textwrap.dedent("""
+    spec = write_spec(
+        textwrap.dedent("""
         name: loud
         workspace: ws
         steps:
@@ -121,7 +125,9 @@ def test_plugin_step_runs_in_a_pipeline(plugin: None, corpus: Path, write_spec) 
           loud: {type: shout, input: chunks, suffix: "!!"}
           vectors: {type: encode, input: loud}
           index: {type: index, input: vectors}
-    """), "loud.yaml")
+    """),
+        "loud.yaml",
+    )
     pipe = embedpipe.load(spec)
     assert pipe.dag.order.index("loud") < pipe.dag.order.index("vectors")
     result = pipe.run()

@@ -74,7 +74,7 @@ class Chunk(Step):
     type = "chunk"
     Config = ChunkConfig
     reads = pa.schema([schemas.DOCUMENTS.field(n) for n in ("doc_id", "text", "title")])
-    version = 2  # 2: token windows no longer cut inside words
+    version = 3  # 2: windows end at word boundaries; 3: room left for a prepended title
     config: ChunkConfig
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
@@ -113,11 +113,12 @@ class Chunk(Step):
                 continue  # the tokenizer cannot take an empty list
             docs = batch.to_pydict()
             encoded = self._tok(docs["text"], add_special_tokens=False, return_offsets_mapping=True)
+            reserved = self._title_tokens(docs["title"], budget)
             hashes = docs.get("content_hash")
             rows: list[dict[str, Any]] = []
             for i, text in enumerate(docs["text"]):
                 offsets = encoded["offset_mapping"][i]
-                spans = self._split(text, offsets, budget)
+                spans = self._split(text, offsets, budget - reserved[i])
                 ordinal = 0
                 for (start, end), n_tokens in spans:
                     piece = text[start:end]
@@ -138,6 +139,16 @@ class Chunk(Step):
                     )
                     ordinal += 1
             yield pa.RecordBatch.from_pylist(rows, schema=schemas.CHUNKS)
+
+    def _title_tokens(self, titles: list[str | None], budget: int) -> list[int]:
+        """Tokens to leave free for the title when the encode step prepends it, so that the
+        encoder does not truncate the chunk's tail; capped at half the budget."""
+        present = [t or "" for t in titles]
+        prepends = any(getattr(s.config, "include_title", False) for s in self.downstream)
+        if not prepends or not any(present):
+            return [0] * len(titles)
+        ids = self._tok(present, add_special_tokens=False)["input_ids"]
+        return [min(len(i), budget // 2) for i in ids]  # an empty title has no tokens
 
     def _split(self, text: str, offsets: list[Span], budget: int) -> list[tuple[Span, int]]:
         strategy = self.config.strategy
