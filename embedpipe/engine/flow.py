@@ -99,6 +99,7 @@ def execute(
     ws = Workspace(spec.workspace)
     console = console or Console(stderr=True)
     with ws.lock(spec.name):
+        ws.clear_staging()  # left by a run that was killed
         catalog = Catalog(ws.catalog_path)
         result = RunResult(new_run_id(), spec.name)
         result.steps = {n: StepResult() for n in dag.order}
@@ -131,8 +132,12 @@ def execute(
         except Exception as exc:
             result.status = "failed"
             result.error = _reason(exc)
+        except KeyboardInterrupt:
+            result.status = "failed"
+            result.error = "interrupted (Ctrl-C); nothing was committed by the interrupted step"
+            raise
         finally:
-            ws.clear_staging(result.run_id)
+            ws.clear_staging()
             result.seconds = time.perf_counter() - started
             catalog.finish_run(
                 result.run_id,

@@ -76,10 +76,9 @@ class Workspace:
                 fh.truncate(0)
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def clear_staging(self, run_id: str) -> None:
-        shutil.rmtree(self.staging(run_id), ignore_errors=True)
-        with contextlib.suppress(OSError):
-            (self.root / "staging").rmdir()
+    def clear_staging(self) -> None:
+        """Remove every run's staged step outputs; called under the lock, so none is live."""
+        shutil.rmtree(self.root / "staging", ignore_errors=True)
 
 
 class LanceStore:
