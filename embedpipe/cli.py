@@ -159,7 +159,7 @@ def search(
         print(_dump([{k_: h[k_] for k_ in ("doc_id", "chunk_id", "score", "text")} for h in hits]))
         return
     table = Table(title=f"{pipeline.name}: {query!r}")
-    for col, justify in (("#", "right"), ("score", "right"), ("doc_id", "left"), ("text", "left")):
+    for col, justify in (("#", "right"), ("score", "right"), ("chunk", "left"), ("text", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for i, h in enumerate(hits, 1):
         text = " ".join(h["text"].split())

@@ -67,9 +67,11 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
     for name, step in steps.items():
         graph[name] = _check_inputs(spec, name, step, steps, issues)
     if spec.invalid:  # their bodies are already reported; check only what does not touch them
-        graph = {n: ups for n, ups in graph.items() if not set(ups) & spec.invalid}
-        for name in set(steps) - set(graph):
-            del steps[name]
+        broken = set(spec.invalid)
+        while grown := {n for n, ups in graph.items() if n not in broken and set(ups) & broken}:
+            broken |= grown  # everything downstream of a broken step, transitively
+        graph = {n: ups for n, ups in graph.items() if n not in broken}
+        steps = {n: s for n, s in steps.items() if n in graph}
     for name, ups in graph.items():
         steps[name].upstream = [steps[u] for u in ups]
         for u in ups:
