@@ -13,8 +13,6 @@ DEFAULTS: dict[str, str] = {
     "DO_NOT_TRACK": "1",
     # The first ephemeral start on a fresh PREFECT_HOME runs DB migrations (~16 s; default 20 s).
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    # Prefect's INFO lines would interleave with our progress bars; its UI still gets every log.
-    "PREFECT_LOGGING_LEVEL": "WARNING",
     # Models resolve from local files; a run never downloads unless the user allows it
     # (HF_HUB_OFFLINE=0).
     "HF_HUB_OFFLINE": "1",

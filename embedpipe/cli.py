@@ -84,7 +84,8 @@ def validate(spec: SpecArg, sets: SetOpt = None, workspace: WsOpt = None) -> Non
     except EmbedpipeError as exc:
         raise _fail(exc) from None
     s = dag.spec
-    tree = Tree(f"[bold]{s.name}[/]  spec {s.hash[:8]} · workspace {s.workspace}")
+    title = f"[bold]{s.name}[/]" + (f" — {s.spec.description}" if s.spec.description else "")
+    tree = Tree(f"{title}\nspec {s.hash[:8]} · workspace {s.workspace}")
 
     def add(node: Tree, name: str, seen: set[str]) -> None:
         step = dag.steps[name]
@@ -112,6 +113,9 @@ def run(
     workspace: WsOpt = None,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also print Prefect's flow and task run logs.")
+    ] = False,
 ) -> None:
     """Run SPEC as one Prefect flow run (one task per step) and commit the index.
 
@@ -125,7 +129,9 @@ def run(
         from embedpipe import dag as dag_mod
 
         dag_mod.build(pipeline.dag.spec, preflight=True)
-        result = execute(pipeline.dag, overrides=sets, console=err, progress=not quiet)
+        result = execute(
+            pipeline.dag, overrides=sets, console=err, progress=not quiet, prefect_logs=verbose
+        )
     except EmbedpipeError as exc:
         raise _fail(exc) from None
     (err if as_json else out).print(summary(result))
@@ -204,7 +210,7 @@ def sql(
 
 
 def _cell(v: Any) -> str:
-    if isinstance(v, list) and len(v) > 6:  # a vector: show its head and length
+    if isinstance(v, list | tuple) and len(v) > 6:  # a vector: show its head and length
         head = ", ".join(f"{x:.3f}" if isinstance(x, float) else str(x) for x in v[:4])
         return f"[{head}, ...] ({len(v)})"
     return "" if v is None else str(v)

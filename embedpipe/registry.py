@@ -14,6 +14,7 @@ import difflib
 import functools
 from importlib.metadata import entry_points
 
+from embedpipe.errors import EmbedpipeError
 from embedpipe.steps.base import Step
 from embedpipe.steps.chunk import Chunk
 from embedpipe.steps.encode import Encode
@@ -24,8 +25,8 @@ BUILTINS: dict[str, type[Step]] = {cls.type: cls for cls in (Ingest, Chunk, Enco
 GROUP = "embedpipe.steps"
 
 
-class PluginError(Exception):
-    pass
+class PluginError(EmbedpipeError):
+    """A registered step plugin cannot be imported or is not a Step."""
 
 
 @functools.cache

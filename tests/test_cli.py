@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,56 @@ def test_errors_are_one_line_with_exit_codes(indexed: tuple[Path, dict], tmp_pat
     assert "Tables: chunks" not in bad_sql.stderr and "tiny" in bad_sql.stderr
     missing = pipe("search", str(spec), "x", "--workspace", str(tmp_path / "empty"), check=False)
     assert missing.returncode == 1 and "run first: pipe run" in missing.stderr
+
+
+def test_sql_before_any_run_sees_empty_catalog(indexed: tuple[Path, dict], tmp_path: Path) -> None:
+    spec, _ = indexed
+    proc = pipe(
+        "sql",
+        str(spec),
+        "select count(*) as n from runs",
+        "--workspace",
+        str(tmp_path / "fresh"),
+        "--json",
+    )
+    assert json.loads(proc.stdout) == [{"n": 0}]
+    assert not (tmp_path / "fresh").exists()  # reading never creates a workspace
+
+
+def test_broken_plugin_is_a_clean_error(basic_spec: Path, tmp_path: Path) -> None:
+    dist = tmp_path / "plugins" / "broken_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[embedpipe.steps]\nbroken = no_such_module:Step\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedpipe.cli", "validate", str(basic_spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "plugins")},
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        "error: step plugin 'broken' (no_such_module:Step) failed to "
+        "import: No module named 'no_such_module'"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_failed_run_exit_1_json_and_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "empty.md").write_text("")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: notes\nworkspace: ws\nsteps:\n"
+        "  docs: {type: ingest, source: empty.md}\n"
+        "  chunks: {type: chunk, input: docs}\n"
+        "  vectors: {type: encode, input: chunks}\n"
+        "  index: {type: index, input: vectors}\n"
+    )
+    proc = pipe("run", str(spec), "--json", check=False)
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["status"] == "failed" and out["lance_version"] == 0
+    assert out["steps"]["docs"]["skipped"] == 1
+    assert "error: step 'index' failed: no rows reached the index" in proc.stderr
+    assert "Traceback" not in proc.stderr and "| ERROR" not in proc.stderr

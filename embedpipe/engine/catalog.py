@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-_DDL = """
+DDL = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, pipeline VARCHAR, status VARCHAR,
     started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, seconds DOUBLE,
@@ -56,7 +56,7 @@ class Catalog:
                     raise
                 time.sleep(0.1)
         try:
-            con.execute(_DDL)
+            con.execute(DDL)
             yield con
         finally:
             con.close()

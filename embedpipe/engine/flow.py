@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import time
 import traceback
 import uuid
@@ -49,7 +50,8 @@ class RunResult:
     run_id: str
     pipeline: str
     status: str = "running"
-    lance_version: int | None = None
+    lance_version: int | None = None  # the version this run committed, if any
+    live_version: int = 0  # the index table's version after the run (the previous one on failure)
     steps: dict[str, StepResult] = field(default_factory=dict)
     flow_run_id: str | None = None
     error: str | None = None
@@ -61,7 +63,7 @@ class RunResult:
             "run_id": self.run_id,
             "pipeline": self.pipeline,
             "status": self.status,
-            "lance_version": self.lance_version,
+            "lance_version": self.lance_version or self.live_version,
             "steps": {
                 name: {k: v for k, v in asdict(s).items() if k not in ("status", "error")}
                 for name, s in self.steps.items()
@@ -87,14 +89,26 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def quiet_run_logs(quiet: bool = True) -> None:
+    """Flow- and task-run logs (failure tracebacks included) go to Prefect's API, where the UI
+    shows them; on the terminal our progress bars and one-line errors say it instead."""
+    logging.getLogger("prefect").setLevel(logging.WARNING if quiet else logging.INFO)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)  # the UI still gets INFO
+        logger.propagate = not quiet
+
+
 def execute(
     dag: Dag,
     *,
     overrides: list[str] | None = None,
     console: Console | None = None,
     progress: bool = True,
+    prefect_logs: bool = False,
 ) -> RunResult:
     """Run ``dag`` once; always returns a result (status failed on error) and records it."""
+    quiet_run_logs(not prefect_logs)
     spec = dag.spec
     ws = Workspace(spec.workspace)
     console = console or Console(stderr=True)
@@ -138,6 +152,8 @@ def execute(
             raise
         finally:
             ws.clear_staging()
+            tables = [s.table_name(spec.name) for s in dag.of_type("index")]  # type: ignore[attr-defined]
+            result.live_version = ws.table_version(tables[-1]) if tables else 0
             result.seconds = time.perf_counter() - started
             catalog.finish_run(
                 result.run_id,
@@ -247,7 +263,7 @@ def _run_step(
         res.error = _reason(exc)
         if not isinstance(exc, EmbedpipeError):
             res.error += "\n" + "".join(traceback.format_exception(exc)[-3:])
-        raise StepFailed(name, _reason(exc), hint=_hint(dag, name)) from exc
+        raise StepFailed(name, _reason(exc), hint=_hint(dag, result.run_id)) from exc
     finally:
         res.skipped = len(ctx.skipped)
         res.seconds = round(time.perf_counter() - t0, 3)
@@ -273,11 +289,13 @@ def _run_step(
         )
 
 
-def _hint(dag: Dag, name: str) -> str:
+def _hint(dag: Dag, run_id: str) -> str:
     spec = dag.spec.path
+    where = f"where run_id = '{run_id}'"
     return (
-        f'Nothing was committed. Inspect: pipe sql {spec} "select * from step_runs '
-        f"where step = '{name}' order by started_at desc limit 1\"; fix, then: pipe run {spec}"
+        "Nothing was committed; the index keeps its previous version. Inspect: "
+        f'pipe sql {spec} "select step, status, error from step_runs {where}" and '
+        f'pipe sql {spec} "select * from skipped {where}"; fix, then re-run: pipe run {spec}'
     )
 
 

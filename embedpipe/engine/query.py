@@ -7,7 +7,7 @@ from typing import Any
 import duckdb
 
 from embedpipe.dag import Dag
-from embedpipe.engine.catalog import TABLES, Catalog
+from embedpipe.engine.catalog import DDL, TABLES, Catalog
 from embedpipe.engine.workspace import Workspace
 from embedpipe.errors import EmbedpipeError, NotIndexed
 from embedpipe.steps.encode import Encode
@@ -87,9 +87,14 @@ def connect(dag: Dag, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
         lance_names.add(name)
     if ws.catalog_path.exists():
         con.execute(f"ATTACH '{ws.catalog_path}' AS catalog (READ_ONLY)")
-        for t in TABLES:
-            if t not in lance_names:
-                con.execute(f"CREATE VIEW {t} AS SELECT * FROM catalog.{t}")
+    else:  # no run yet: the same tables, empty, so queries work before the first run
+        con.execute("ATTACH ':memory:' AS catalog")
+        con.execute("USE catalog")
+        con.execute(DDL)
+        con.execute("USE memory")
+    for t in TABLES:
+        if t not in lance_names:
+            con.execute(f"CREATE VIEW {t} AS SELECT * FROM catalog.{t}")
     if read_only:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")

@@ -49,6 +49,10 @@ class Workspace:
             return []
         return sorted(p.stem for p in self.lance_dir.glob("*.lance") if p.is_dir())
 
+    def table_version(self, table: str) -> int:
+        """The live version of ``table``; 0 when it does not exist."""
+        return self.connect().open_table(table).version if self.table_exists(table) else 0
+
     def connect(self) -> Any:
         return lancedb.connect(str(self.lance_dir))
 
@@ -95,8 +99,8 @@ class LanceStore:
         first = next(it, None)
         if first is None:
             raise EmbedpipeError(
-                f"step '{step.name}' received no rows, so table '{table}' was left as it was; "
-                'check the skipped inputs with `pipe sql SPEC "select * from skipped"`'
+                "no rows reached the index (every input was skipped or empty), so table "
+                f"'{table}' was left as it was"
             )
         reader = pa.RecordBatchReader.from_batches(first.schema, chain([first], it))
         if not self.ws.table_exists(table):

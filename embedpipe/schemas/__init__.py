@@ -115,8 +115,8 @@ def mismatches(produced: pa.Schema, required: pa.Schema) -> list[str]:
 def type_name(t: pa.DataType) -> str:
     """``float32[384]`` for vectors, ``float32[?]`` while dims are unknown, else Arrow's name."""
     if pa.types.is_fixed_size_list(t) or pa.types.is_list(t):
-        return f"{t.value_type}[{dims_of(t) or '?'}]"
-    return str(t)
+        return f"{type_name(t.value_type)}[{dims_of(t) or '?'}]"
+    return {"float": "float32", "halffloat": "float16", "double": "float64"}.get(str(t), str(t))
 
 
 def describe(schema: pa.Schema) -> str:

@@ -20,7 +20,9 @@ class AnnConfig(BaseModel):
         "none", description="none: exact search. ivf_pq / ivf_hnsw_sq: approximate, faster."
     )
     partitions: int | Literal["auto"] = Field("auto", description="IVF partitions (auto: ~√rows).")
-    sub_vectors: int | Literal["auto"] = Field("auto", description="PQ sub-vectors (auto: d/8).")
+    sub_vectors: int | Literal["auto"] = Field(
+        "auto", description="PQ sub-vectors (auto: the largest divisor of d up to d/8)."
+    )
     min_rows: int = Field(
         5000, ge=256, description="Build the ANN index only once the table has this many rows."
     )
