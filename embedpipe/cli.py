@@ -121,13 +121,13 @@ def run(
 
     Example: pipe run pipelines/quickstart.yaml --set steps.chunks.max_tokens=128 --json
     """
+    from embedpipe import dag as dag_mod
+
+    pipeline = _pipeline(spec, sets, workspace)  # before the engine's heavy imports: fail fast
     from embedpipe.engine.flow import execute
     from embedpipe.engine.progress import summary
 
-    pipeline = _pipeline(spec, sets, workspace)
     try:
-        from embedpipe import dag as dag_mod
-
         dag_mod.build(pipeline.dag.spec, preflight=True)
         result = execute(
             pipeline.dag, overrides=sets, console=err, progress=not quiet, prefect_logs=verbose

@@ -30,6 +30,8 @@ from embedpipe.engine.progress import RunProgress
 from embedpipe.engine.workspace import LanceStore, Workspace
 from embedpipe.errors import EmbedpipeError, StepFailed
 from embedpipe.steps.base import StepContext
+from embedpipe.steps.encode import Encode
+from embedpipe.steps.index import Index
 
 
 @dataclass
@@ -112,6 +114,8 @@ def execute(
     spec = dag.spec
     ws = Workspace(spec.workspace)
     console = console or Console(stderr=True)
+    tables = [s.table_name(spec.name) for s in dag.steps.values() if isinstance(s, Index)]
+    models = sorted({s.config.model for s in dag.steps.values() if isinstance(s, Encode)})
     with ws.lock(spec.name):
         ws.clear_staging()  # left by a run that was killed
         catalog = Catalog(ws.catalog_path)
@@ -126,8 +130,8 @@ def execute(
             spec_path=str(spec.path),
             spec_hash=spec.hash,
             overrides=overrides or [],
-            tables=[s.table_name(spec.name) for s in dag.of_type("index")],  # type: ignore[attr-defined]
-            models=sorted({s.config.model for s in dag.of_type("encode")}),  # type: ignore[attr-defined]
+            tables=tables,
+            models=models,
             embedpipe_version=metadata.version("embedpipe"),
         )
         bars = RunProgress(console, dag.order, enabled=progress)
@@ -152,7 +156,6 @@ def execute(
             raise
         finally:
             ws.clear_staging()
-            tables = [s.table_name(spec.name) for s in dag.of_type("index")]  # type: ignore[attr-defined]
             result.live_version = ws.table_version(tables[-1]) if tables else 0
             result.seconds = time.perf_counter() - started
             catalog.finish_run(
