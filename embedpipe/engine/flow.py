@@ -20,16 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import flow, tags, task
 from prefect.cache_policies import NO_CACHE
 from rich.console import Console
 
 from embedpipe.dag import Dag
+from embedpipe.engine.cache import StepCache, keys_of
 from embedpipe.engine.catalog import Catalog, now
 from embedpipe.engine.progress import RunProgress
 from embedpipe.engine.workspace import LanceStore, Workspace
 from embedpipe.errors import EmbedpipeError, StepFailed
-from embedpipe.steps.base import StepContext
+from embedpipe.steps.base import Step, StepContext
 from embedpipe.steps.encode import Encode
 from embedpipe.steps.index import Index
 
@@ -239,24 +241,28 @@ def _run_step(
     total = sum(result.steps[u].rows_out for u in upstream) or None
     bars.start(name, total)
     try:
-        step.setup(ctx)
-        # A bar counts the rows a step consumes, or writes for sources and 1:1 steps that
-        # consume in large windows (encode), so it moves as work completes.
-        by_output = not upstream or step.progress == "output"
+        # A bar counts the rows a step consumes, or writes for sources, cached steps and 1:1
+        # steps that consume in large windows (encode), so it moves as work completes.
+        cache = _cache_for(dag, name, ws)
+        by_output = not upstream or step.progress == "output" or cache is not None
         tick = functools.partial(bars.advance, name)
-        inputs = [
-            _counting(_read(ws, result.run_id, u), res, None if by_output else tick)
-            for u in upstream
-        ]
-        out = _counted_output(step.run(inputs, ctx), res, tick if by_output else None)
+        if cache is None:
+            step.setup(ctx)
+            inputs = [
+                _counting(_read(ws, result.run_id, u), res, None if by_output else tick)
+                for u in upstream
+            ]
+            out = _counted_output(step.run(inputs, ctx), res, tick)
+        else:
+            out = _cached_run(step, cache, ctx, ws, result.run_id, upstream[0], res, tick)
         if step.downstream:
             _write(_path(ws, result.run_id, name), out, dag.schemas[name])
         else:
             for _ in out:
                 pass
-        res.computed = ctx.stats.get("computed", res.rows_out)
         res.rows_out = ctx.stats.get("rows_out", res.rows_out)
-        res.cached = ctx.stats.get("cached", 0)
+        res.computed = ctx.stats.get("computed", res.rows_out - res.cached)
+        res.cached = ctx.stats.get("cached", res.cached)
         res.deleted = ctx.stats.get("deleted", 0)
         if "version" in ctx.stats:
             result.lance_version = ctx.stats["version"]
@@ -313,13 +319,62 @@ def _counting(
 
 
 def _counted_output(
-    batches: Iterator[pa.RecordBatch], res: StepResult, tick: Callable[[int], None] | None
+    batches: Iterator[pa.RecordBatch],
+    res: StepResult,
+    tick: Callable[[int], None] | None,
+    *,
+    cached: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         res.rows_out += batch.num_rows
+        if cached:
+            res.cached += batch.num_rows
         if tick:
             tick(batch.num_rows)
         yield batch
+
+
+def _cache_for(dag: Dag, name: str, ws: Workspace) -> StepCache | None:
+    """A cache when the step declares key columns that its one input and its output both have."""
+    step = dag.steps[name]
+    ups = step.config.inputs()
+    if not step.cache_key or len(ups) != 1:
+        return None
+    for schema in (dag.schemas[ups[0]], dag.schemas[name]):
+        if any(schema.get_field_index(c) < 0 for c in step.cache_key):
+            return None
+    return StepCache(ws.root, step)
+
+
+def _cached_run(
+    step: Step,
+    cache: StepCache,
+    ctx: StepContext,
+    ws: Workspace,
+    run_id: str,
+    upstream: str,
+    res: StepResult,
+    tick: Callable[[int], None],
+) -> Iterator[pa.RecordBatch]:
+    """Reuse cached output for input rows whose key is cached; run the step on the rest only
+    (and load its model only if there is a rest)."""
+    known = pa.array(sorted(cache.keys()), pa.string())
+    hits: set[str] = set()
+    misses = _path(ws, run_id, f"{step.name}.misses")
+    schema = pa.ipc.open_stream(pa.memory_map(str(_path(ws, run_id, upstream)))).schema
+
+    def split() -> Iterator[pa.RecordBatch]:
+        for batch in _read(ws, run_id, upstream):
+            res.rows_in += batch.num_rows
+            keys = keys_of(batch, step.cache_key)
+            cached = pc.is_in(keys, value_set=known)
+            hits.update(pc.filter(keys, cached).to_pylist())
+            yield batch.filter(pc.invert(cached))
+
+    _write(misses, split(), schema)
+    yield from _counted_output(cache.rows(hits), res, tick, cached=True)
+    if _setup_if_rows(step, ctx, misses):
+        yield from _counted_output(cache.tee(step.run([_read_path(misses)], ctx)), res, tick)
 
 
 def _path(ws: Workspace, run_id: str, step: str) -> Path:
@@ -341,5 +396,17 @@ def _write(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> 
 
 
 def _read(ws: Workspace, run_id: str, step: str) -> Iterator[pa.RecordBatch]:
-    with pa.memory_map(str(_path(ws, run_id, step))) as source:
+    return _read_path(_path(ws, run_id, step))
+
+
+def _read_path(path: Path) -> Iterator[pa.RecordBatch]:
+    with pa.memory_map(str(path)) as source:
         yield from pa.ipc.open_stream(source)
+
+
+def _setup_if_rows(step: Step, ctx: StepContext, staged: Path) -> bool:
+    """Call ``setup`` (load models) only when there is something to compute."""
+    if not any(b.num_rows for b in _read_path(staged)):
+        return False
+    step.setup(ctx)
+    return True

@@ -89,6 +89,13 @@ class LanceStore:
     """Writes index steps' rows: one commit per run (upsert by chunk_id + delete vanished)."""
 
     key = "chunk_id"
+    # Rows whose content, text, model or spec are unchanged are left as they are, so their
+    # run_id keeps naming the run that wrote them. (Lance's SQL has no IS DISTINCT FROM; these
+    # columns are never null in rows embedpipe writes.)
+    changed = " OR ".join(
+        f"target.{c} != source.{c}"
+        for c in ("content_hash", "text", "title", "model_revision", "spec_hash")
+    )
 
     def __init__(self, workspace: Workspace) -> None:
         self.ws = workspace
@@ -118,7 +125,7 @@ class LanceStore:
             else:
                 res = (
                     tbl.merge_insert(self.key)
-                    .when_matched_update_all()
+                    .when_matched_update_all(where=self.changed)
                     .when_not_matched_insert_all()
                     .when_not_matched_by_source_delete()
                     .execute(reader)
@@ -129,7 +136,9 @@ class LanceStore:
                 }
         rows = tbl.count_rows()
         self._ann(tbl, step, rows)
-        return {**stats, "rows_out": rows, "cached": 0, "version": tbl.version}
+        # Rows left as they were count as cached: computed + cached = rows_out.
+        cached = rows - stats["computed"]
+        return {**stats, "rows_out": rows, "cached": cached, "version": tbl.version}
 
     def _ann(self, tbl: Any, step: Step, rows: int) -> None:
         ann = step.config.ann  # type: ignore[attr-defined]

@@ -76,6 +76,9 @@ class Step:
     max_inputs: ClassVar[int] = 1
     version: ClassVar[int] = 1  # bump when output for the same input and config changes
     progress: ClassVar[str] = "input"  # what a progress bar counts: "input" or "output" rows
+    # Columns, present in both input and output rows, that determine a row's output: the
+    # engine caches outputs by them and re-runs the step only on rows it has not seen.
+    cache_key: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
         self.name = name
@@ -110,6 +113,10 @@ class Step:
     def check(self, inputs: list[Link]) -> list[tuple[tuple[str, ...], str]]:
         """Extra checks beyond column types: ``[(config key path, message)]``."""
         return []
+
+    def fingerprint(self) -> dict[str, str]:
+        """What else, beyond the config and ``version``, decides the output (model revisions)."""
+        return {}
 
     def preflight(self) -> list[tuple[tuple[str, ...], str]]:
         """Checks against the outside world (do the sources exist?), for validate and run only:

@@ -75,6 +75,7 @@ class Chunk(Step):
     Config = ChunkConfig
     reads = pa.schema([schemas.DOCUMENTS.field(n) for n in ("doc_id", "text", "title")])
     version = 3  # 2: windows end at word boundaries; 3: room left for a prepended title
+    cache_key = ("doc_id", "content_hash")  # a document's chunks depend on its text and title
     config: ChunkConfig
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
@@ -93,6 +94,11 @@ class Chunk(Step):
                 models.DEFAULT_MODEL,
             )
         return models.resolve(name, self.base_dir)
+
+    def fingerprint(self) -> dict[str, str]:
+        ref = self.tokenizer_model()
+        prepends = any(getattr(s.config, "include_title", False) for s in self.downstream)
+        return {"tokenizer": f"{ref.name}@{ref.revision}", "title_room": str(prepends)}
 
     def preflight(self) -> list[tuple[tuple[str, ...], str]]:
         if self.config.tokenizer is None:

@@ -56,6 +56,7 @@ class Encode(Step):
     Config = EncodeConfig
     reads = pa.schema([schemas.CHUNKS.field("chunk_id"), schemas.CHUNKS.field("text")])
     progress = "output"  # one vector per chunk; inputs are consumed a window at a time
+    cache_key = ("chunk_id", "title", "text")
     config: EncodeConfig
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
@@ -78,6 +79,10 @@ class Encode(Step):
         return pa.schema(
             kept + schemas.embedding_fields(self.dims), metadata={"embedpipe.kind": "embeddings"}
         )
+
+    def fingerprint(self) -> dict[str, str]:
+        ref = self.model_ref
+        return {"model": f"{ref.name}@{ref.revision}"}
 
     def preflight(self) -> list[tuple[tuple[str, ...], str]]:
         problem = models.unavailable(self.model_ref)

@@ -1,0 +1,81 @@
+"""Step caches: a step's output rows, keyed by the input columns that determine them.
+
+A cacheable step names ``cache_key`` columns present in both its input and its output rows
+(chunk: ``doc_id, content_hash``; encode: ``chunk_id, title, text``). A run computes only the
+input rows whose key is not cached and reuses the rest. Each cache is a Lance dataset under
+``<workspace>/cache/<step>/<fingerprint>.lance``; the fingerprint covers the step kind, its
+version, its config and its models' revisions, so a change to any of them starts a new cache.
+Rows are appended one output batch at a time, after the step produced them: a crash loses at
+most the batch in flight, never records work that was not done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import lance
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedpipe.steps.base import Step
+
+KEY = "_key"
+
+
+def fingerprint(step: Step) -> str:
+    config = step.config.model_dump(mode="json", exclude={"input"})
+    blob = {"type": step.type, "version": step.version, "config": config, **step.fingerprint()}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def keys_of(batch: pa.RecordBatch | pa.Table, columns: tuple[str, ...]) -> pa.Array:
+    """One hex key per row: a hash of the row's values in ``columns``."""
+    values = zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
+    return pa.array(
+        [
+            hashlib.blake2b(
+                "\x1f".join("" if v is None else str(v) for v in row).encode(), digest_size=16
+            ).hexdigest()
+            for row in values
+        ],
+        pa.string(),
+    )
+
+
+class StepCache:
+    def __init__(self, root: Path, step: Step) -> None:
+        self.columns = step.cache_key
+        self.path = root / "cache" / step.name / f"{fingerprint(step)}.lance"
+
+    def _dataset(self) -> lance.LanceDataset | None:
+        return lance.dataset(str(self.path)) if self.path.is_dir() else None
+
+    def keys(self) -> set[str]:
+        ds = self._dataset()
+        if ds is None:
+            return set()
+        return set(ds.to_table(columns=[KEY]).column(KEY).to_pylist())
+
+    def rows(self, keys: set[str]) -> Iterator[pa.RecordBatch]:
+        """The cached output rows of ``keys``, without the key column."""
+        ds = self._dataset()
+        if ds is None or not keys:
+            return
+        wanted = pa.array(sorted(keys), pa.string())
+        for batch in ds.to_batches():
+            kept = batch.filter(pc.is_in(batch.column(KEY), value_set=wanted))
+            if kept.num_rows:
+                yield kept.drop_columns([KEY])
+
+    def tee(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Pass ``batches`` through, appending each to the cache once it is produced."""
+        for batch in batches:
+            if batch.num_rows:
+                keyed = batch.append_column(KEY, keys_of(batch, self.columns))
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                mode = "append" if self.path.is_dir() else "create"
+                lance.write_dataset(pa.Table.from_batches([keyed]), str(self.path), mode=mode)
+            yield batch
