@@ -46,11 +46,14 @@ CORPUS = [
 ]
 
 
+def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps(d) + "\n" for d in CORPUS))
-    return path
+    return write_jsonl(tmp_path / "corpus.jsonl", CORPUS)
 
 
 @pytest.fixture

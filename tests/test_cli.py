@@ -22,10 +22,10 @@ def pipe(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from tests.conftest import BASIC_SPEC, CORPUS
+    from tests.conftest import BASIC_SPEC, CORPUS, write_jsonl
 
     root = tmp_path_factory.mktemp("cli")
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS))
+    write_jsonl(root / "corpus.jsonl", CORPUS)
     spec = root / "spec.yaml"
     spec.write_text(BASIC_SPEC.lstrip())
     proc = pipe("run", str(spec), "--json")

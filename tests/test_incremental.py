@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
+
+import lance
 
 import embedpipe
 from embedpipe import models
 from embedpipe.engine.flow import RunResult
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, write_jsonl
 
 
 def counts(result: RunResult) -> dict[str, tuple[int, int, int]]:
@@ -34,11 +35,16 @@ def test_edit_and_delete_touch_only_those_documents(basic_spec: Path, corpus: Pa
     assert pipe.run().status == "completed"
     docs = [dict(d) for d in CORPUS if d["_id"] != "d6"]
     docs[2]["text"] = "Ash clouds from eruptions ground flights across Europe in 2010."
-    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    write_jsonl(corpus, docs)
     result = pipe.run()
     c = counts(result)
     assert c["chunks"] == (1, 4, 5) and c["vectors"] == (1, 4, 5) and c["index"] == (1, 4, 5)
-    assert result.steps["index"].deleted == 1
+    assert result.steps["index"].deleted == 1 and result.lance_version == 2
+    dupes = pipe.sql("select chunk_id, count(*) as n from tiny group by 1 having n > 1")
+    assert dupes == []
+    # The previous version stays readable, whole.
+    old = lance.dataset(str(pipe.workspace / "lance" / "tiny.lance"), version=1)
+    assert old.count_rows() == 6
     assert pipe.search("flights grounded by volcanic ash", k=1)[0]["doc_id"] == "d3"
     assert pipe.sql("select count(*) as n from tiny where doc_id = 'd6'") == [{"n": 0}]
 

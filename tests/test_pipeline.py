@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lance
 import pytest
 
 import embedpipe
 from embedpipe.engine.workspace import Workspace
 from embedpipe.errors import EmbedpipeError, SpecError
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,24 +81,6 @@ def test_prefect_records_the_flow_run(basic_spec: Path) -> None:
         assert all(t.state.is_completed() for t in tasks)
 
 
-def test_rerun_updates_in_one_commit(basic_spec: Path, corpus: Path) -> None:
-    pipe = embedpipe.load(basic_spec)
-    assert pipe.run().status == "completed"
-    changed = [dict(d) for d in CORPUS if d["_id"] != "d6"]
-    changed[0]["text"] = "Sunlight exposure lets the skin make vitamin D."
-    corpus.write_text("".join(json.dumps(d) + "\n" for d in changed))
-
-    second = pipe.run()
-    assert second.status == "completed" and second.lance_version == 2
-    assert second.steps["index"].deleted == 1 and second.steps["index"].rows_out == 5
-    ids = pipe.sql("select chunk_id, count(*) as n from tiny group by 1 having n > 1")
-    assert ids == []
-    assert pipe.sql("select text from tiny where doc_id = 'd1'")[0]["text"].startswith("Sunlight")
-    # The previous version stays readable.
-    old = lance.dataset(str(pipe.workspace / "lance" / "tiny.lance"), version=1)
-    assert old.count_rows() == 6
-
-
 def test_bad_rows_are_skipped_with_reasons(basic_spec: Path, corpus: Path) -> None:
     with corpus.open("a") as fh:
         fh.write('{"_id": "broken", "text": "cut off\n')
@@ -160,7 +141,7 @@ def test_ann_index_is_built_and_searched(tmp_path: Path, write_spec) -> None:  #
         {"_id": f"p{i}", "title": "", "text": f"Note {i} about {topics[i % 6]} and the number {i}."}
         for i in range(300)
     ]
-    (tmp_path / "many.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(tmp_path / "many.jsonl", rows)
     spec = write_spec("""
         name: ann
         workspace: ws
