@@ -24,8 +24,11 @@ def test_unchanged_rerun_encodes_nothing(basic_spec: Path) -> None:
     assert second.status == "completed", second.error
     c = counts(second)
     assert c["chunks"] == (0, 6, 6) and c["vectors"] == (0, 6, 6) and c["index"] == (0, 6, 6)
-    # Rows nobody touched still name the run that wrote them.
+    # Rows nobody touched still name the run that wrote them, and nothing was committed.
     assert pipe.sql("select distinct run_id from tiny") == [{"run_id": first.run_id}]
+    assert second.lance_version is None and second.to_json()["lance_version"] == 1
+    runs = pipe.sql("select lance_version from runs order by started_at")
+    assert [r["lance_version"] for r in runs] == [1, None]
     for s in second.steps.values():
         assert s.computed + s.cached == s.rows_out
 

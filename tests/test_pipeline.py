@@ -161,6 +161,10 @@ def test_ann_index_is_built_and_searched(tmp_path: Path, write_spec) -> None:  #
     assert [i.index_type for i in db.open_table("ann").list_indices()] == ["IvfPq"]
     hits = pipe.search("glaciers", k=5)
     assert len(hits) == 5 and all("glaciers" in h["text"] for h in hits[:3])
+    version = db.open_table("ann").version
+    again = pipe.run()  # nothing changed: neither the rows nor the ANN index are rewritten
+    assert again.status == "completed" and again.lance_version is None
+    assert db.open_table("ann").version == version
 
 
 def test_quickstart_indexes_the_project_docs(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedpipe.schemas import hash_rows
 from embedpipe.steps.base import Step
 
 KEY = "_key"
@@ -29,20 +30,6 @@ def fingerprint(step: Step) -> str:
     config = step.config.model_dump(mode="json", exclude={"input"})
     blob = {"type": step.type, "version": step.version, "config": config, **step.fingerprint()}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def keys_of(batch: pa.RecordBatch | pa.Table, columns: tuple[str, ...]) -> pa.Array:
-    """One hex key per row: a hash of the row's values in ``columns``."""
-    values = zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
-    return pa.array(
-        [
-            hashlib.blake2b(
-                "\x1f".join("" if v is None else str(v) for v in row).encode(), digest_size=16
-            ).hexdigest()
-            for row in values
-        ],
-        pa.string(),
-    )
 
 
 class StepCache:
@@ -74,7 +61,7 @@ class StepCache:
         """Pass ``batches`` through, appending each to the cache once it is produced."""
         for batch in batches:
             if batch.num_rows:
-                keyed = batch.append_column(KEY, keys_of(batch, self.columns))
+                keyed = batch.append_column(KEY, hash_rows(batch, self.columns))
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 mode = "append" if self.path.is_dir() else "create"
                 lance.write_dataset(pa.Table.from_batches([keyed]), str(self.path), mode=mode)

@@ -26,11 +26,12 @@ from prefect.cache_policies import NO_CACHE
 from rich.console import Console
 
 from embedpipe.dag import Dag
-from embedpipe.engine.cache import StepCache, keys_of
+from embedpipe.engine.cache import StepCache
 from embedpipe.engine.catalog import Catalog, now
 from embedpipe.engine.progress import RunProgress
 from embedpipe.engine.workspace import LanceStore, Workspace
 from embedpipe.errors import EmbedpipeError, StepFailed
+from embedpipe.schemas import hash_rows
 from embedpipe.steps.base import Step, StepContext
 from embedpipe.steps.encode import Encode
 from embedpipe.steps.index import Index
@@ -249,7 +250,7 @@ def _run_step(
         if cache is None:
             step.setup(ctx)
             inputs = [
-                _counting(_read(ws, result.run_id, u), res, None if by_output else tick)
+                Staged(_path(ws, result.run_id, u), res, None if by_output else tick)
                 for u in upstream
             ]
             out = _counted_output(step.run(inputs, ctx), res, tick)
@@ -308,14 +309,24 @@ def _hint(dag: Dag, run_id: str) -> str:
     )
 
 
-def _counting(
-    batches: Iterator[pa.RecordBatch], res: StepResult, tick: Callable[[int], None] | None
-) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        res.rows_in += batch.num_rows
-        if tick:
-            tick(batch.num_rows)
-        yield batch
+class Staged:
+    """A step's input: a staged Arrow IPC file, read batch by batch. A step may iterate it more
+    than once (each pass re-reads the file); only the first pass counts ``rows_in``."""
+
+    def __init__(
+        self, path: Path, res: StepResult | None = None, tick: Callable[[int], None] | None = None
+    ) -> None:
+        self.path, self.res, self.tick = path, res, tick
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        res, tick = self.res, self.tick
+        self.res = self.tick = None
+        for batch in _read_path(self.path):
+            if res:
+                res.rows_in += batch.num_rows
+            if tick:
+                tick(batch.num_rows)
+            yield batch
 
 
 def _counted_output(
@@ -366,7 +377,7 @@ def _cached_run(
     def split() -> Iterator[pa.RecordBatch]:
         for batch in _read(ws, run_id, upstream):
             res.rows_in += batch.num_rows
-            keys = keys_of(batch, step.cache_key)
+            keys = hash_rows(batch, step.cache_key)
             cached = pc.is_in(keys, value_set=known)
             hits.update(pc.filter(keys, cached).to_pylist())
             yield batch.filter(pc.invert(cached))
@@ -374,7 +385,7 @@ def _cached_run(
     _write(misses, split(), schema)
     yield from _counted_output(cache.rows(hits), res, tick, cached=True)
     if _setup_if_rows(step, ctx, misses):
-        yield from _counted_output(cache.tee(step.run([_read_path(misses)], ctx)), res, tick)
+        yield from _counted_output(cache.tee(step.run([Staged(misses)], ctx)), res, tick)
 
 
 def _path(ws: Workspace, run_id: str, step: str) -> Path:

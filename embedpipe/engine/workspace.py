@@ -13,7 +13,7 @@ import fcntl
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -89,61 +89,62 @@ class LanceStore:
     """Writes index steps' rows: one commit per run (upsert by chunk_id + delete vanished)."""
 
     key = "chunk_id"
-    # Rows whose content, text, model or spec are unchanged are left as they are, so their
-    # run_id keeps naming the run that wrote them. (Lance's SQL has no IS DISTINCT FROM; these
-    # columns are never null in rows embedpipe writes.)
-    changed = " OR ".join(
-        f"target.{c} != source.{c}"
-        for c in ("content_hash", "text", "title", "model_revision", "spec_hash")
-    )
 
     def __init__(self, workspace: Workspace) -> None:
         self.ws = workspace
         self.db = workspace.connect()
 
-    def write(self, table: str, batches: Iterator[pa.RecordBatch], step: Step) -> dict[str, int]:
-        it = iter(batches)
+    def write(
+        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
+    ) -> dict[str, int]:
+        """Make the table hold exactly ``batches()``, in one commit, or in none when it already
+        does. ``batches`` is called once more than the commits it makes: first to diff."""
+        it = batches()
         first = next(it, None)
         if first is None:
             raise EmbedpipeError(
                 "no rows reached the index (every input was skipped or empty), so table "
                 f"'{table}' was left as it was"
             )
-        reader = pa.RecordBatchReader.from_batches(first.schema, chain([first], it))
+        changed = True
         if not self.ws.table_exists(table):
-            tbl = self.db.create_table(table, reader)
-            n = tbl.count_rows()
-            stats = {"computed": n, "deleted": 0}
+            tbl = self.db.create_table(table, _reader(first, it))
+            stats = {"computed": tbl.count_rows(), "deleted": 0}
         else:
             tbl = self.db.open_table(table)
-            before = tbl.count_rows()
-            if not tbl.schema.remove_metadata().equals(first.schema.remove_metadata()):
-                # A new model or dimension: replace the rows in one commit; old versions stay.
-                tbl = self.db.create_table(table, reader, mode="overwrite")
-                n = tbl.count_rows()
-                stats = {"computed": n, "deleted": before}
+            same_schema = tbl.schema.remove_metadata().equals(first.schema.remove_metadata())
+            if not same_schema:
+                # A new model, dimension or row layout: replace the rows in one commit.
+                before = tbl.count_rows()
+                tbl = self.db.create_table(table, _reader(first, it), mode="overwrite")
+                stats = {"computed": tbl.count_rows(), "deleted": before}
             else:
-                res = (
-                    tbl.merge_insert(self.key)
-                    .when_matched_update_all(where=self.changed)
-                    .when_not_matched_insert_all()
-                    .when_not_matched_by_source_delete()
-                    .execute(reader)
-                )
-                stats = {
-                    "computed": res.num_inserted_rows + res.num_updated_rows,
-                    "deleted": res.num_deleted_rows,
-                }
+                stats = _diff(tbl, chain([first], it))
+                changed = bool(stats["computed"] or stats["deleted"])
+                if changed:
+                    again = batches()
+                    head = next(again)
+                    (
+                        tbl.merge_insert(self.key)
+                        .when_matched_update_all(where="target.row_hash != source.row_hash")
+                        .when_not_matched_insert_all()
+                        .when_not_matched_by_source_delete()
+                        .execute(_reader(head, again))
+                    )
         rows = tbl.count_rows()
-        self._ann(tbl, step, rows)
+        built = self._ann(tbl, step, rows, stale=changed)
         # Rows left as they were count as cached: computed + cached = rows_out.
-        cached = rows - stats["computed"]
-        return {**stats, "rows_out": rows, "cached": cached, "version": tbl.version}
+        out = {**stats, "rows_out": rows, "cached": rows - stats["computed"]}
+        return {**out, "version": tbl.version} if changed or built else out
 
-    def _ann(self, tbl: Any, step: Step, rows: int) -> None:
+    def _ann(self, tbl: Any, step: Step, rows: int, *, stale: bool) -> bool:
+        """(Re)build the ANN index when configured, big enough, and the rows changed or it is
+        missing; True when it was built (a commit)."""
         ann = step.config.ann  # type: ignore[attr-defined]
         if ann.type == "none" or rows < ann.min_rows:
-            return
+            return False
+        if not stale and any(i.columns == ["vector"] for i in tbl.list_indices()):
+            return False
         metric = step.config.metric  # type: ignore[attr-defined]
         partitions = ann.partitions if ann.partitions != "auto" else max(1, int(math.sqrt(rows)))
         if ann.type == "ivf_pq":
@@ -155,6 +156,31 @@ class LanceStore:
         else:
             config = HnswSq(distance_type=metric, num_partitions=partitions)
         tbl.create_index("vector", config=config, replace=True)
+        return True
+
+
+def _reader(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
+    return pa.RecordBatchReader.from_batches(first.schema, chain([first], rest))
+
+
+def _diff(tbl: Any, incoming: Iterator[pa.RecordBatch]) -> dict[str, int]:
+    """Rows to insert or update (``computed``) and to delete, by chunk_id and row_hash.
+
+    Unchanged rows are left alone, so their run_id keeps naming the run that wrote them, and a
+    run that changes nothing commits nothing.
+    """
+    current = tbl.to_lance().to_table(columns=["chunk_id", "row_hash"]).to_pydict()
+    have = dict(zip(current["chunk_id"], current["row_hash"], strict=True))
+    computed = 0
+    seen = 0
+    for batch in incoming:
+        for chunk_id, row_hash in zip(
+            batch.column("chunk_id").to_pylist(), batch.column("row_hash").to_pylist(), strict=True
+        ):
+            old = have.get(chunk_id)
+            seen += old is not None
+            computed += old != row_hash
+    return {"computed": computed, "deleted": len(have) - seen}
 
 
 def _sub_vectors(dims: int) -> int:

@@ -10,6 +10,8 @@ A vector column whose dimension is not known before the model is loaded is a var
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 DOCUMENTS = pa.schema(
@@ -69,9 +71,28 @@ def index(dims: int | None) -> pa.Schema:
     return pa.schema(
         [CHUNKS.field(n) for n in keep]
         + embedding_fields(dims)
-        + [pa.field("spec_hash", pa.string()), pa.field("run_id", pa.string())],
+        + [pa.field("spec_hash", pa.string()), pa.field("run_id", pa.string())]
+        # A digest of what decides the row (ROW_HASH_OF): a run rewrites a row only if it changed.
+        + [pa.field("row_hash", pa.string())],
         metadata={"embedpipe.kind": "index"},
     )
+
+
+def hash_rows(batch: pa.RecordBatch | pa.Table, columns: tuple[str, ...]) -> pa.Array:
+    """One hex digest per row of the row's values in ``columns`` (cache keys, row hashes)."""
+    values = zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
+    return pa.array(
+        [
+            hashlib.blake2b(
+                "\x1f".join("" if v is None else str(v) for v in row).encode(), digest_size=16
+            ).hexdigest()
+            for row in values
+        ],
+        pa.string(),
+    )
+
+
+ROW_HASH_OF = ("chunk_id", "content_hash", "text", "title", "model_revision", "spec_hash")
 
 
 def kind(schema: pa.Schema) -> str:

@@ -8,7 +8,7 @@ models and handles load in ``setup()``, which the engine calls before ``run()``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -37,7 +37,7 @@ class Store(Protocol):
     """What the engine lends a step for writing an index (steps never import LanceDB)."""
 
     def write(
-        self, table: str, batches: Iterator[pa.RecordBatch], step: Step
+        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
     ) -> dict[str, int]: ...
 
 
@@ -128,8 +128,10 @@ class Step:
         """Load models, open files: the heavy work construction must not do."""
 
     def run(
-        self, inputs: list[Iterator[pa.RecordBatch]], ctx: StepContext
+        self, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext
     ) -> Iterator[pa.RecordBatch]:
+        """Stream output batches. Each input is an iterable of record batches; iterating it
+        again starts again from its first batch."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

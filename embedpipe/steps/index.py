@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import pyarrow as pa
@@ -80,31 +80,28 @@ class Index(Step):
         return schemas.index(dims or self.config.dims)
 
     def run(
-        self, inputs: list[Iterator[pa.RecordBatch]], ctx: StepContext
+        self, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext
     ) -> Iterator[pa.RecordBatch]:
         assert ctx.store is not None, "the engine lends the index step a store"
-        schema: pa.Schema | None = None
-        counted = 0
 
         def rows() -> Iterator[pa.RecordBatch]:
-            nonlocal schema, counted
+            """The table's rows; the store may call this twice (diff, then write)."""
             for batch in inputs[0]:
-                dims = batch.schema.field("vector").type.list_size
-                schema = schema or schemas.index(dims)
+                schema = schemas.index(batch.schema.field("vector").type.list_size)
                 n = batch.num_rows
-                counted += n
-                cols = []
-                for field in schema:
-                    if field.name == "spec_hash":
-                        cols.append(pa.array([ctx.spec_hash] * n, pa.string()))
-                    elif field.name == "run_id":
-                        cols.append(pa.array([ctx.run_id] * n, pa.string()))
-                    elif field.name in batch.schema.names:
-                        cols.append(pc.cast(batch.column(field.name), field.type))
-                    else:
-                        cols.append(pa.nulls(n, field.type))
-                yield pa.RecordBatch.from_arrays(cols, schema=schema)
+                given = {"spec_hash": ctx.spec_hash, "run_id": ctx.run_id}
+                cols = [
+                    pa.array([given[f.name]] * n, f.type)
+                    if f.name in given
+                    else pc.cast(batch.column(f.name), f.type)
+                    if f.name in batch.schema.names
+                    else pa.nulls(n, f.type)
+                    for f in schema
+                ]
+                out = pa.RecordBatch.from_arrays(cols, schema=schema)
+                row_hash = schemas.hash_rows(out, schemas.ROW_HASH_OF)
+                yield out.set_column(schema.get_field_index("row_hash"), "row_hash", row_hash)
 
-        result = ctx.store.write(self.table_name(ctx.pipeline), rows(), self)
+        result = ctx.store.write(self.table_name(ctx.pipeline), rows, self)
         ctx.stats.update(result)
         yield from ()
