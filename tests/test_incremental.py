@@ -52,7 +52,7 @@ def test_edit_and_delete_touch_only_those_documents(basic_spec: Path, corpus: Pa
     assert pipe.sql("select count(*) as n from tiny where doc_id = 'd6'") == [{"n": 0}]
 
 
-def test_chunk_config_change_rechunks_but_reuses_equal_vectors(basic_spec: Path) -> None:
+def test_chunk_config_change_rechunks_and_reencodes(basic_spec: Path) -> None:
     embedpipe.load(basic_spec).run()
     changed = embedpipe.load(
         basic_spec, overrides=["steps.chunks.max_tokens=16", "steps.chunks.overlap=2"]

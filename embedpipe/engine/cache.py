@@ -1,12 +1,12 @@
 """Step caches: a step's output rows, keyed by the input columns that determine them.
 
 A cacheable step names ``cache_key`` columns present in both its input and its output rows
-(chunk: ``doc_id, content_hash``; encode: ``chunk_id, title, text``). A run computes only the
-input rows whose key is not cached and reuses the rest. Each cache is a Lance dataset under
-``<workspace>/cache/<step>/<fingerprint>.lance``; the fingerprint covers the step kind, its
-version, its config and its models' revisions, so a change to any of them starts a new cache.
-Rows are appended one output batch at a time, after the step produced them: a crash loses at
-most the batch in flight, never records work that was not done.
+(chunk: ``doc_id, content_hash``; encode: ``chunk_id, content_hash, char_start, title, text``).
+A run computes only the input rows whose key is not cached and reuses the rest. Each cache is a
+Lance dataset under ``<workspace>/cache/<step>/<fingerprint>.lance``; the fingerprint covers the
+step kind, its version, its config and its models' revisions, so a change to any of them starts
+a new cache. Rows are appended one output batch at a time, after the step produced them: a
+crash loses at most the batch in flight, never records work that was not done.
 """
 
 from __future__ import annotations

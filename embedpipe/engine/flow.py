@@ -372,7 +372,8 @@ def _cached_run(
     known = pa.array(sorted(cache.keys()), pa.string())
     hits: set[str] = set()
     misses = _path(ws, run_id, f"{step.name}.misses")
-    schema = pa.ipc.open_stream(pa.memory_map(str(_path(ws, run_id, upstream)))).schema
+    with pa.memory_map(str(_path(ws, run_id, upstream))) as source:
+        schema = pa.ipc.open_stream(source).schema
 
     def split() -> Iterator[pa.RecordBatch]:
         for batch in _read(ws, run_id, upstream):

@@ -56,7 +56,9 @@ class Encode(Step):
     Config = EncodeConfig
     reads = pa.schema([schemas.CHUNKS.field("chunk_id"), schemas.CHUNKS.field("text")])
     progress = "output"  # one vector per chunk; inputs are consumed a window at a time
-    cache_key = ("chunk_id", "title", "text")
+    # The vector depends on title and text only; content_hash and char_start are in the key so
+    # that a reused row never carries stale lineage (an edited document is re-encoded whole).
+    cache_key = ("chunk_id", "content_hash", "char_start", "title", "text")
     config: EncodeConfig
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
