@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_plugin_step_is_found_and_type_checked(plugin: None, basic_spec: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
     assert "shout" in registry.step_types()
     spec = write_spec(
-        textwrap.dedent("""
+        """
         name: loud
         steps:
           docs: {type: ingest, source: corpus.jsonl, format: beir}
@@ -78,7 +77,7 @@ def test_plugin_step_is_found_and_type_checked(plugin: None, basic_spec: Path, w
           loud: {type: shout, input: chunks, suffix: "!!"}
           vectors: {type: encode, input: loud}
           bad: {type: shout, input: docs, sufix: "?"}
-    """),
+    """,
         "loud.yaml",
     )
     with pytest.raises(SpecError) as info:
@@ -116,7 +115,7 @@ def test_plugin_step_runs_in_a_pipeline(plugin: None, corpus: Path, write_spec) 
     import embedpipe
 
     spec = write_spec(
-        textwrap.dedent("""
+        """
         name: loud
         workspace: ws
         steps:
@@ -125,7 +124,7 @@ def test_plugin_step_runs_in_a_pipeline(plugin: None, corpus: Path, write_spec) 
           loud: {type: shout, input: chunks, suffix: "!!"}
           vectors: {type: encode, input: loud}
           index: {type: index, input: vectors}
-    """),
+    """,
         "loud.yaml",
     )
     pipe = embedpipe.load(spec)

@@ -372,20 +372,25 @@ def _cached_run(
     known = pa.array(sorted(cache.keys()), pa.string())
     hits: set[str] = set()
     misses = _path(ws, run_id, f"{step.name}.misses")
+    todo = 0  # input rows to compute
     with pa.memory_map(str(_path(ws, run_id, upstream))) as source:
         schema = pa.ipc.open_stream(source).schema
 
     def split() -> Iterator[pa.RecordBatch]:
+        nonlocal todo
         for batch in _read(ws, run_id, upstream):
             res.rows_in += batch.num_rows
             keys = hash_rows(batch, step.cache_key)
             cached = pc.is_in(keys, value_set=known)
             hits.update(pc.filter(keys, cached).to_pylist())
-            yield batch.filter(pc.invert(cached))
+            rest = batch.filter(pc.invert(cached))
+            todo += rest.num_rows
+            yield rest
 
     _write(misses, split(), schema)
     yield from _counted_output(cache.rows(hits), res, tick, cached=True)
-    if _setup_if_rows(step, ctx, misses):
+    if todo:  # only now load models: an unchanged re-run never does
+        step.setup(ctx)
         yield from _counted_output(cache.tee(step.run([Staged(misses)], ctx)), res, tick)
 
 
@@ -414,11 +419,3 @@ def _read(ws: Workspace, run_id: str, step: str) -> Iterator[pa.RecordBatch]:
 def _read_path(path: Path) -> Iterator[pa.RecordBatch]:
     with pa.memory_map(str(path)) as source:
         yield from pa.ipc.open_stream(source)
-
-
-def _setup_if_rows(step: Step, ctx: StepContext, staged: Path) -> bool:
-    """Call ``setup`` (load models) only when there is something to compute."""
-    if not any(b.num_rows for b in _read_path(staged)):
-        return False
-    step.setup(ctx)
-    return True
