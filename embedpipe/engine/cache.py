@@ -20,6 +20,7 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedpipe.engine.crash import crash_point
 from embedpipe.schemas import hash_rows
 from embedpipe.steps.base import Step
 
@@ -35,6 +36,7 @@ def fingerprint(step: Step) -> str:
 class StepCache:
     def __init__(self, root: Path, step: Step) -> None:
         self.columns = step.cache_key
+        self.crash_point = step.type
         self.path = root / "cache" / step.name / f"{fingerprint(step)}.lance"
 
     def _dataset(self) -> lance.LanceDataset | None:
@@ -65,4 +67,5 @@ class StepCache:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 mode = "append" if self.path.is_dir() else "create"
                 lance.write_dataset(pa.Table.from_batches([keyed]), str(self.path), mode=mode)
+                crash_point(self.crash_point)
             yield batch

@@ -22,6 +22,7 @@ import lancedb
 import pyarrow as pa
 from lancedb.index import HnswSq, IvfPq
 
+from embedpipe.engine.crash import crash_point
 from embedpipe.errors import EmbedpipeError
 from embedpipe.steps.base import Step
 
@@ -131,6 +132,8 @@ class LanceStore:
                         .when_not_matched_by_source_delete()
                         .execute(_reader(head, again))
                     )
+        if changed:
+            crash_point("index-commit")
         rows = tbl.count_rows()
         built = self._ann(tbl, step, rows, stale=changed)
         # Rows left as they were count as cached: computed + cached = rows_out.
@@ -160,7 +163,13 @@ class LanceStore:
 
 
 def _reader(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
-    return pa.RecordBatchReader.from_batches(first.schema, chain([first], rest))
+    return pa.RecordBatchReader.from_batches(first.schema, _crashing(chain([first], rest)))
+
+
+def _crashing(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        yield batch
+        crash_point("index-write")  # Lance took a batch and asks for more: it is mid-write
 
 
 def _diff(tbl: Any, incoming: Iterator[pa.RecordBatch]) -> dict[str, int]:
