@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint format bench clean
+.PHONY: help venv demo test lint format bench bench-incremental clean
 
 help: ## Show this help
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 
 bench: $(STAMP) ## Benchmarks: encode overhead of `pipe run` vs raw sentence-transformers
 	$(BIN)/python bench/encode_overhead.py
+
+bench-incremental: $(STAMP) ## Benchmarks: full vs no-op vs 1%-changed `pipe run` on SciFact (~10 min)
+	$(BIN)/python bench/incremental.py --write
 
 clean: ## Remove the workspace (run output); keeps .venv
 	rm -rf workspace

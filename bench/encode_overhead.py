@@ -417,8 +417,8 @@ def section(
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), leaving the rest as is."""
+def write_section(path: Path, body: str, header: str = SECTION) -> None:
+    """Replace the ``header`` section of ``path`` (or append it), leaving the rest as is."""
     if path.exists():
         lines = path.read_text().splitlines()
     else:
@@ -428,7 +428,7 @@ def write_section(path: Path, body: str) -> None:
             "Each section is rewritten by the script it is named after.",
             "",
         ]
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == header), None)
     new = body.rstrip("\n").splitlines()
     if start is None:
         while lines and not lines[-1].strip():
