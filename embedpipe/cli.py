@@ -116,8 +116,16 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also print Prefect's flow and task run logs.")
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Fail the run (commit nothing) if any input is skipped."),
+    ] = False,
 ) -> None:
-    """Run SPEC as one Prefect flow run (one task per step) and commit the index.
+    """Plan SPEC, then run it as one Prefect flow run (one task per step) and commit the index.
+
+    A run with nothing to do commits nothing and does not start Prefect.
+    Exit 0: completed; 3: completed, but inputs were skipped (reasons: pipe sql SPEC
+    "select * from skipped"); 1: failed, nothing committed; 2: invalid spec.
 
     Example: pipe run pipelines/quickstart.yaml --set steps.chunks.max_tokens=128 --json
     """
@@ -130,16 +138,66 @@ def run(
     try:
         dag_mod.build(pipeline.dag.spec, preflight=True)
         result = execute(
-            pipeline.dag, overrides=sets, console=err, progress=not quiet, prefect_logs=verbose
+            pipeline.dag,
+            overrides=sets,
+            console=err,
+            progress=not quiet,
+            prefect_logs=verbose,
+            strict=strict,
         )
     except EmbedpipeError as exc:
         raise _fail(exc) from None
     (err if as_json else out).print(summary(result))
     if result.error:
         err.print(f"error: {result.error}", markup=False, highlight=False)
+    elif result.skipped:
+        err.print(
+            f"{result.skipped} input(s) skipped; reasons: pipe sql {spec} "
+            f"\"select step, item, reason from skipped where run_id = '{result.run_id}'\"",
+            markup=False,
+            highlight=False,
+        )
     if as_json:
         print(_dump(result.to_json()))
-    raise typer.Exit(0 if result.status == "completed" else 1)
+    if result.status != "completed":
+        raise typer.Exit(1)
+    raise typer.Exit(SKIPPED_EXIT if result.skipped else 0)
+
+
+SKIPPED_EXIT = 3  # completed, but some inputs were skipped
+
+
+@app.command()
+def plan(
+    spec: SpecArg,
+    sets: SetOpt = None,
+    workspace: WsOpt = None,
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Show what `pipe run` would do, per step, without writing anything.
+
+    Documents and index rows are compared with the live index (new, changed, deleted);
+    chunk and encode show what they would compute and what they take from their caches, with
+    an estimate of the encode time from earlier runs. Loads no model, starts no Prefect.
+
+    Example: pipe plan pipelines/scifact.yaml
+    """
+    from embedpipe import dag as dag_mod
+
+    pipeline = _pipeline(spec, sets, workspace)
+    from embedpipe.engine.flow import plan as make_plan
+    from embedpipe.engine.progress import plan_table
+
+    try:
+        dag_mod.build(pipeline.dag.spec, preflight=True)
+        result = make_plan(pipeline.dag, console=err, progress=not quiet)
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(_dump(result.to_json()))
+    else:
+        out.print(plan_table(result))
 
 
 @app.command()

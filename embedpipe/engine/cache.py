@@ -42,6 +42,11 @@ class StepCache:
     def _dataset(self) -> lance.LanceDataset | None:
         return lance.dataset(str(self.path)) if self.path.is_dir() else None
 
+    def schema(self) -> pa.Schema | None:
+        """The cached rows' schema (without the key column); None while the cache is empty."""
+        ds = self._dataset()
+        return ds.schema.remove(ds.schema.get_field_index(KEY)) if ds is not None else None
+
     def keys(self) -> set[str]:
         ds = self._dataset()
         if ds is None:

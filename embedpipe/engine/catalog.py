@@ -32,8 +32,19 @@ CREATE TABLE IF NOT EXISTS step_runs (
 CREATE TABLE IF NOT EXISTS skipped (
     run_id VARCHAR, step VARCHAR, item VARCHAR, reason VARCHAR, skipped_at TIMESTAMPTZ
 );
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS noop BOOLEAN;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS prefect VARCHAR;
+ALTER TABLE step_runs ADD COLUMN IF NOT EXISTS new BIGINT;
+ALTER TABLE step_runs ADD COLUMN IF NOT EXISTS changed BIGINT;
 """
+# runs.noop: the run found nothing to do and committed nothing. runs.prefect: 'recorded' (a flow
+# run exists), 'deferred' (a no-op that did not start Prefect; the next run that starts it
+# records it), or NULL while running.
 TABLES = ("runs", "step_runs", "skipped")
+STALE = (
+    "the process running it stopped (killed or crashed) before it finished; the index kept "
+    "its last committed version"
+)
 
 
 def now() -> datetime:
@@ -81,6 +92,50 @@ class Catalog:
                 )
             con.execute("COMMIT")
 
+    def fail_stale(self) -> list[str]:
+        """Mark runs still 'running' as failed: called under the workspace lock, so the process
+        that ran them is gone (killed or crashed)."""
+        if not self.path.exists():
+            return []
+        with self._connect() as con:
+            rows = con.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()
+            stale = [r[0] for r in rows]
+            if stale:
+                con.execute(
+                    "UPDATE runs SET status = 'failed', error = ? WHERE status = 'running'",
+                    [STALE],
+                )
+                con.execute(
+                    "UPDATE step_runs SET status = 'failed', error = ? WHERE status = 'running'",
+                    [STALE],
+                )
+        return stale
+
+    def throughput(self, step: str) -> float | None:
+        """Rows per second a step computed in its recent completed runs; None when unknown."""
+        if not self.path.exists():
+            return None
+        with duckdb.connect(str(self.path), read_only=True) as con:
+            row = con.execute(
+                "SELECT sum(computed) / nullif(sum(seconds), 0) FROM (SELECT computed, seconds "
+                "FROM step_runs WHERE step = ? AND status = 'completed' AND computed > 0 "
+                "ORDER BY started_at DESC LIMIT 5)",
+                [step],
+            ).fetchone()
+        return float(row[0]) if row and row[0] else None
+
+    def deferred(self) -> list[dict[str, Any]]:
+        """No-op runs not yet recorded in Prefect, oldest first."""
+        if not self.path.exists():
+            return []
+        with self._connect() as con:
+            rel = con.execute(
+                "SELECT run_id, pipeline, spec_hash, started_at, seconds FROM runs "
+                "WHERE prefect = 'deferred' ORDER BY started_at"
+            )
+            cols = [d[0] for d in rel.description]
+            return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
+
     def _insert(self, table: str, row: dict[str, Any]) -> None:
         with self._connect() as con:
             self._insert_con(con, table, row)
@@ -97,7 +152,7 @@ class Catalog:
         with duckdb.connect(str(self.path), read_only=True) as con:
             rel = con.execute(
                 "SELECT run_id, pipeline, status, started_at, seconds, lance_version, spec_hash, "
-                "flow_run_id, error FROM runs ORDER BY started_at DESC LIMIT ?",
+                "flow_run_id, error, noop, prefect FROM runs ORDER BY started_at DESC LIMIT ?",
                 [limit],
             )
             cols = [d[0] for d in rel.description]

@@ -17,13 +17,16 @@ from rich.progress import (
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from embedpipe.engine.flow import RunResult, StepResult
+    from embedpipe.engine.flow import Plan, RunResult
+    from embedpipe.engine.runner import StepResult
 
 
 class RunProgress:
     """One bar per step; a step's bar counts input rows consumed (output rows for sources)."""
 
-    def __init__(self, console: Console, steps: list[str], *, enabled: bool = True) -> None:
+    def __init__(
+        self, console: Console, steps: list[str], *, enabled: bool = True, transient: bool = False
+    ) -> None:
         # Without a terminal (cron, CI logs) live bars cannot redraw: log a line per step.
         self.console = console
         self.lines = enabled and not console.is_terminal
@@ -35,7 +38,7 @@ class RunProgress:
             TimeElapsedColumn(),
             console=console,
             disable=not enabled or self.lines,
-            transient=False,
+            transient=transient,
         )
         self.ids: dict[str, TaskID] = {
             s: self.progress.add_task(s, total=None, start=False, note="") for s in steps
@@ -85,5 +88,36 @@ def summary(result: RunResult) -> Table:
             *(str(v) for v in (s.rows_in, s.rows_out, s.computed, s.cached, s.deleted, s.skipped)),
             f"{s.seconds:.1f}",
             style=style,
+        )
+    return table
+
+
+def plan_table(plan: Plan) -> Table:
+    """What a run will do (or would, for `pipe plan`): per step, rows and where they come from.
+
+    Documents (source steps) and rows (index steps) are compared with the live index: new,
+    changed, deleted. Other steps show what they compute and what they take from their cache.
+    """
+    title = f"{plan.pipeline} · plan" + (" · nothing to do" if plan.noop else "")
+    table = Table(title=title)
+    for name, justify in [("step", "left")] + [
+        (c, "right") for c in ("rows", "new", "changed", "deleted", "to compute", "cached")
+    ]:
+        table.add_column(name, justify=justify)
+    table.add_column("note")
+    for name, s in plan.steps.items():
+        note = []
+        if s.estimated:
+            secs = f", about {s.estimated_seconds:g} s" if s.estimated_seconds else ""
+            note.append(f"{s.computed} rows to compute{secs}")
+        if s.skipped:
+            note.append(f"{s.skipped} skipped")
+        if s.status == "failed":
+            note.append(f"failed: {(s.error or '').splitlines()[0]}")
+        table.add_row(
+            name,
+            *(str(v) for v in (s.rows_out, s.new, s.changed, s.deleted, s.computed, s.cached)),
+            "; ".join(note),
+            style="red" if s.status == "failed" else None,
         )
     return table

@@ -54,6 +54,17 @@ class Workspace:
         """The live version of ``table``; 0 when it does not exist."""
         return self.connect().open_table(table).version if self.table_exists(table) else 0
 
+    def indexed_documents(self, tables: list[str]) -> dict[str, str] | None:
+        """doc_id -> content_hash of the documents the first existing index table holds."""
+        for table in tables:
+            if self.table_exists(table):
+                ds = self.connect().open_table(table).to_lance()
+                if "content_hash" not in ds.schema.names:
+                    return None
+                cols = ds.to_table(columns=["doc_id", "content_hash"]).to_pydict()
+                return dict(zip(cols["doc_id"], cols["content_hash"], strict=True))
+        return None
+
     def connect(self) -> Any:
         return lancedb.connect(str(self.lance_dir))
 
@@ -103,22 +114,21 @@ class LanceStore:
         it = batches()
         first = next(it, None)
         if first is None:
-            raise EmbedpipeError(
-                "no rows reached the index (every input was skipped or empty), so table "
-                f"'{table}' was left as it was"
-            )
+            raise _no_rows(table)
         changed = True
         if not self.ws.table_exists(table):
             tbl = self.db.create_table(table, _reader(first, it))
-            stats = {"computed": tbl.count_rows(), "deleted": 0}
+            n = tbl.count_rows()
+            stats = {"computed": n, "new": n, "changed": 0, "deleted": 0}
         else:
             tbl = self.db.open_table(table)
             same_schema = tbl.schema.remove_metadata().equals(first.schema.remove_metadata())
             if not same_schema:
                 # A new model, dimension or row layout: replace the rows in one commit.
-                before = tbl.count_rows()
-                tbl = self.db.create_table(table, _reader(first, it), mode="overwrite")
-                stats = {"computed": tbl.count_rows(), "deleted": before}
+                stats = _diff(tbl, chain([first], it))
+                again = batches()
+                head = next(again)
+                tbl = self.db.create_table(table, _reader(head, again), mode="overwrite")
             else:
                 stats = _diff(tbl, chain([first], it))
                 changed = bool(stats["computed"] or stats["deleted"])
@@ -138,16 +148,16 @@ class LanceStore:
         built = self._ann(tbl, step, rows, stale=changed)
         # Rows left as they were count as cached: computed + cached = rows_out.
         out = {**stats, "rows_out": rows, "cached": rows - stats["computed"]}
-        return {**out, "version": tbl.version} if changed or built else out
+        if changed or built:
+            return {**out, "version": tbl.version, "commits": 1}
+        return {**out, "commits": 0}
 
     def _ann(self, tbl: Any, step: Step, rows: int, *, stale: bool) -> bool:
         """(Re)build the ANN index when configured, big enough, and the rows changed or it is
         missing; True when it was built (a commit)."""
+        if not ann_due(tbl, step, rows, stale=stale):
+            return False
         ann = step.config.ann  # type: ignore[attr-defined]
-        if ann.type == "none" or rows < ann.min_rows:
-            return False
-        if not stale and any(i.columns == ["vector"] for i in tbl.list_indices()):
-            return False
         metric = step.config.metric  # type: ignore[attr-defined]
         partitions = ann.partitions if ann.partitions != "auto" else max(1, int(math.sqrt(rows)))
         if ann.type == "ivf_pq":
@@ -160,6 +170,46 @@ class LanceStore:
             config = HnswSq(distance_type=metric, num_partitions=partitions)
         tbl.create_index("vector", config=config, replace=True)
         return True
+
+
+class PlanStore:
+    """What a plan lends index steps: it diffs the rows against the table and writes nothing."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.ws = workspace
+
+    def write(
+        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
+    ) -> dict[str, int]:
+        if next(batches(), None) is None:
+            raise _no_rows(table)
+        if not self.ws.table_exists(table):
+            n = sum(b.num_rows for b in batches())
+            due = step.config.ann.type != "none" and n >= step.config.ann.min_rows  # type: ignore[attr-defined]
+            stats = {"computed": n, "new": n, "changed": 0, "deleted": 0, "rows_out": n}
+            return {**stats, "cached": 0, "commits": int(n > 0 or due)}
+        tbl = self.ws.connect().open_table(table)
+        stats = _diff(tbl, batches())
+        rows = tbl.count_rows() + stats["new"] - stats["deleted"]
+        changed = bool(stats["computed"] or stats["deleted"])
+        commits = changed or ann_due(tbl, step, rows, stale=False)
+        return {**stats, "rows_out": rows, "cached": rows - stats["computed"], "commits": commits}
+
+
+def _no_rows(table: str) -> EmbedpipeError:
+    return EmbedpipeError(
+        "no rows reached the index (every input was skipped or empty), so table "
+        f"'{table}' was left as it was"
+    )
+
+
+def ann_due(tbl: Any, step: Step, rows: int, *, stale: bool) -> bool:
+    """Whether the ANN index must be (re)built: configured, enough rows, and rows changed or
+    the index is missing."""
+    ann = step.config.ann  # type: ignore[attr-defined]
+    if ann.type == "none" or rows < ann.min_rows:
+        return False
+    return stale or not any(i.columns == ["vector"] for i in tbl.list_indices())
 
 
 def _reader(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
@@ -178,18 +228,22 @@ def _diff(tbl: Any, incoming: Iterator[pa.RecordBatch]) -> dict[str, int]:
     Unchanged rows are left alone, so their run_id keeps naming the run that wrote them, and a
     run that changes nothing commits nothing.
     """
-    current = tbl.to_lance().to_table(columns=["chunk_id", "row_hash"]).to_pydict()
-    have = dict(zip(current["chunk_id"], current["row_hash"], strict=True))
-    computed = 0
-    seen = 0
+    ds = tbl.to_lance()
+    if "row_hash" in ds.schema.names:
+        current = ds.to_table(columns=["chunk_id", "row_hash"]).to_pydict()
+        have = dict(zip(current["chunk_id"], current["row_hash"], strict=True))
+    else:  # a table from before row hashes: every row counts as changed
+        have = dict.fromkeys(ds.to_table(columns=["chunk_id"]).column(0).to_pylist(), "")
+    new = changed = seen = 0
     for batch in incoming:
         for chunk_id, row_hash in zip(
             batch.column("chunk_id").to_pylist(), batch.column("row_hash").to_pylist(), strict=True
         ):
             old = have.get(chunk_id)
             seen += old is not None
-            computed += old != row_hash
-    return {"computed": computed, "deleted": len(have) - seen}
+            new += old is None
+            changed += old is not None and old != row_hash
+    return {"computed": new + changed, "new": new, "changed": changed, "deleted": len(have) - seen}
 
 
 def _sub_vectors(dims: int) -> int:

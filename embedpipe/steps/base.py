@@ -76,6 +76,10 @@ class Step:
     max_inputs: ClassVar[int] = 1
     version: ClassVar[int] = 1  # bump when output for the same input and config changes
     progress: ClassVar[str] = "input"  # what a progress bar counts: "input" or "output" rows
+    # Whether `pipe plan` runs this step on rows its cache lacks, to count exactly what follows.
+    # False for steps too costly to run just to count (encode): a plan estimates their work and
+    # passes those rows on with the step's own output columns null.
+    plan_runs: ClassVar[bool] = True
     # Columns, present in both input and output rows, that determine a row's output: the
     # engine caches outputs by them and re-runs the step only on rows it has not seen.
     cache_key: ClassVar[tuple[str, ...]] = ()

@@ -56,6 +56,7 @@ class Encode(Step):
     Config = EncodeConfig
     reads = pa.schema([schemas.CHUNKS.field("chunk_id"), schemas.CHUNKS.field("text")])
     progress = "output"  # one vector per chunk; inputs are consumed a window at a time
+    plan_runs = False  # a plan counts the chunks to encode; it never loads the model
     # The vector depends on title and text only; content_hash and char_start are in the key so
     # that a reused row never carries stale lineage (an edited document is re-encoded whole).
     cache_key = ("chunk_id", "content_hash", "char_start", "title", "text")

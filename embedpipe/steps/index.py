@@ -87,7 +87,8 @@ class Index(Step):
         def rows() -> Iterator[pa.RecordBatch]:
             """The table's rows; the store may call this twice (diff, then write)."""
             for batch in inputs[0]:
-                schema = schemas.index(batch.schema.field("vector").type.list_size)
+                # Plans pass rows not yet encoded with a null vector of unknown size.
+                schema = schemas.index(schemas.dims_of(batch.schema.field("vector").type))
                 n = batch.num_rows
                 given = {"spec_hash": ctx.spec_hash, "run_id": ctx.run_id}
                 cols = [

@@ -1,0 +1,150 @@
+"""Prefect: the flow run of a pipeline run, a task run per step, and the records of no-ops.
+
+Prefect is imported here only, and only when a run has work (a no-op never pays for it). With
+no server configured, Prefect's ephemeral server is started in a background thread while the
+steps with work load their models, so the two waits overlap.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from embedpipe.dag import Dag
+from embedpipe.engine.catalog import Catalog
+
+if TYPE_CHECKING:
+    from embedpipe.engine.flow import RunResult
+    from embedpipe.engine.runner import Runner
+
+log = logging.getLogger(__name__)
+
+
+def server_configured() -> bool:
+    """Whether runs report to a Prefect server (PREFECT_API_URL, from env or profile)."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def quiet_run_logs(quiet: bool = True) -> None:
+    """Flow- and task-run logs (failure tracebacks included) go to Prefect's API, where the UI
+    shows them; on the terminal our progress bars and one-line errors say it instead."""
+    logging.getLogger("prefect").setLevel(logging.WARNING if quiet else logging.INFO)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)  # the UI still gets INFO
+        logger.propagate = not quiet
+
+
+def tags_of(dag: Dag) -> list[str]:
+    return ["embedpipe", f"pipeline:{dag.spec.name}", f"spec:{dag.spec.hash[:8]}"]
+
+
+def run_flow(
+    dag: Dag, runner: Runner, planner: Runner, result: RunResult, catalog: Catalog
+) -> None:
+    """Run the steps as one Prefect flow run; steps the plan already computed are taken from it
+    (their task runs then last a moment), the rest run in their task."""
+    from prefect import flow, tags, task
+    from prefect.cache_policies import NO_CACHE
+
+    starting = None if server_configured() else _start_ephemeral()
+    for name in dag.order:  # load models while the server starts
+        if planner.results[name].estimated and planner.results[name].computed:
+            dag.steps[name].setup(runner.context())
+    if starting is not None:
+        starting.join()
+    pipeline = dag.spec.name
+
+    def step_task(step: str, run_id: str) -> None:
+        if planner.exact(step):
+            runner.adopt(step, planner.results[step])
+        else:
+            runner.run(step)
+
+    @flow(
+        name=pipeline,
+        flow_run_name=f"{pipeline}-{result.run_id}",
+        validate_parameters=False,
+        persist_result=False,
+        log_prints=False,
+    )
+    def pipeline_flow(pipeline: str, spec: str, spec_hash: str, run_id: str) -> None:
+        from prefect.runtime import flow_run
+
+        result.flow_run_id = str(flow_run.id) if flow_run.id else None
+        for name in dag.order:
+            task(
+                step_task,
+                name=f"{name} ({dag.steps[name].type})",
+                task_run_name=name,
+                retries=2,
+                retry_delay_seconds=2,
+                retry_condition_fn=_transient,
+                cache_policy=NO_CACHE,
+                persist_result=False,
+                tags=[f"step:{name}"],
+            )(step=name, run_id=run_id)
+
+    _record_deferred(pipeline_flow, dag, catalog)
+    # Tags entered outside the flow call land on the flow run and its task runs.
+    with tags(*tags_of(dag)):
+        pipeline_flow(
+            pipeline=pipeline,
+            spec=str(dag.spec.path),
+            spec_hash=dag.spec.hash,
+            run_id=result.run_id,
+        )
+
+
+def _start_ephemeral() -> threading.Thread:
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # one per process; the client later finds it running
+    thread = threading.Thread(target=server.start, name="prefect-start", daemon=True)
+    thread.start()
+    return thread
+
+
+def _record_deferred(pipeline_flow: Any, dag: Dag, catalog: Catalog) -> None:
+    """Write the flow runs of earlier no-op runs, which did not start Prefect. Prefect stamps
+    them now; their names carry the run id, which starts with the time they ran."""
+    deferred = catalog.deferred()
+    if not deferred:
+        return
+    from prefect import get_client
+    from prefect.states import Completed
+
+    try:
+        with get_client(sync_client=True) as client:
+            for run in deferred:
+                when = f"{run['started_at']:%Y-%m-%d %H:%M:%S %Z}"
+                flow_run = client.create_flow_run(
+                    pipeline_flow,
+                    name=f"{run['pipeline']}-{run['run_id']}",
+                    parameters={"pipeline": run["pipeline"], "run_id": run["run_id"]},
+                    tags=[*tags_of(dag), "noop"],
+                    state=Completed(
+                        message=f"no-op run at {when}: nothing had changed, nothing was "
+                        "committed (recorded when Prefect next started)"
+                    ),
+                )
+                catalog.finish_run(run["run_id"], flow_run_id=str(flow_run.id), prefect="recorded")
+    except Exception as exc:  # the record can wait for the next run; this run must go on
+        log.warning("could not record %d earlier no-op run(s) in Prefect: %s", len(deferred), exc)
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only errors that may pass: timeouts, dropped connections, busy files."""
+    try:
+        state.result()
+    except (TimeoutError, ConnectionError):
+        return True
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.EIO)
+    except Exception:
+        return False
+    return False

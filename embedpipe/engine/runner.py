@@ -1,0 +1,344 @@
+"""Runs one step of a DAG, for real or as a plan, staging its output for the next step.
+
+Steps stream Arrow record batches; between steps they are staged as Arrow IPC files, so memory
+stays flat however large the corpus. A *plan* runs the same code with two differences: the
+index store diffs instead of writing, and steps too costly to run just to count (``plan_runs =
+False``: encode) are not run on the rows their cache lacks. Those rows pass on with the step's
+own columns null, so the index diff downstream still counts them as new or changed.
+
+Everything a plan computed exactly (ingest, chunk) stays staged, and the run that follows it
+reuses it instead of computing it twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedpipe.dag import Dag
+from embedpipe.engine.cache import StepCache
+from embedpipe.engine.catalog import Catalog, now
+from embedpipe.engine.progress import RunProgress
+from embedpipe.engine.workspace import LanceStore, PlanStore, Workspace
+from embedpipe.errors import EmbedpipeError, StepFailed
+from embedpipe.schemas import hash_rows
+from embedpipe.steps.base import Step, StepContext
+from embedpipe.steps.index import Index
+
+
+@dataclass
+class StepResult:
+    rows_in: int = 0
+    rows_out: int = 0
+    computed: int = 0
+    cached: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    status: str = "pending"
+    error: str | None = None
+    # Relative to the live index: documents (source steps) or rows (index steps).
+    new: int = 0
+    changed: int = 0
+    # Plans only: rows left to a run (a step that was not run to count), and its estimated time.
+    estimated: bool = False
+    estimated_seconds: float | None = None
+    commits: bool = False  # an index step's write would commit (rows or ANN index changed)
+    started_at: Any = None
+    skips: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Runner:
+    """Runs the steps of ``dag`` one at a time, in order, into ``staging``."""
+
+    def __init__(
+        self,
+        dag: Dag,
+        ws: Workspace,
+        run_id: str,
+        staging: Path,
+        bars: RunProgress,
+        catalog: Catalog,
+        *,
+        planning: bool,
+        write_caches: bool = True,
+        strict: bool = False,
+    ) -> None:
+        self.dag, self.ws, self.run_id, self.staging, self.bars = dag, ws, run_id, staging, bars
+        self.catalog = catalog
+        self.planning, self.write_caches, self.strict = planning, write_caches, strict
+        self.store: LanceStore | PlanStore = PlanStore(ws) if planning else LanceStore(ws)
+        self.results: dict[str, StepResult] = {n: StepResult() for n in dag.order}
+        self.version: int | None = None  # the Lance version an index step committed
+
+    def path(self, step: str) -> Path:
+        return self.staging / f"{step}.arrow"
+
+    def exact(self, name: str) -> bool:
+        """Whether the plan's staged output of ``name`` is final (a run may reuse it)."""
+        step = self.dag.steps[name]
+        res = self.results[name]
+        if res.status != "completed" or res.estimated or not step.downstream:
+            return False
+        return all(self.exact(u) for u in step.config.inputs())
+
+    def adopt(self, name: str, res: StepResult) -> None:
+        """Take a step's result from the plan that already computed it."""
+        self.results[name] = res
+        self.bars.start(name, res.rows_out)
+        self.bars.advance(name, res.rows_out)
+        self.bars.finish(name, res)
+
+    def context(self) -> StepContext:
+        return StepContext(
+            pipeline=self.dag.spec.name,
+            run_id=self.run_id,
+            spec_hash=self.dag.spec.hash,
+            base_dir=self.dag.spec.base_dir,
+            workspace=self.ws.root,
+            store=self.store,
+        )
+
+    def run(self, name: str) -> StepResult:
+        step = self.dag.steps[name]
+        res = StepResult(status="running", started_at=now())
+        self.results[name] = res
+        ctx = self.context()
+        t0 = time.perf_counter()
+        upstream = step.config.inputs()
+        self.bars.start(name, sum(self.results[u].rows_out for u in upstream) or None)
+        try:
+            self._run(step, ctx, res)
+            stats = ctx.stats
+            res.rows_out = stats.get("rows_out", res.rows_out)
+            res.cached = stats.get("cached", res.cached)
+            res.computed = stats.get("computed", res.rows_out - res.cached)
+            res.deleted = stats.get("deleted", res.deleted)
+            res.new = stats.get("new", res.new)
+            res.changed = stats.get("changed", res.changed)
+            res.commits = bool(stats.get("commits", 0))
+            if "version" in stats:
+                self.version = stats["version"]
+            if self.strict and ctx.skipped:
+                item, why = ctx.skipped[0]
+                raise EmbedpipeError(
+                    f"{len(ctx.skipped)} input(s) skipped and --strict is on; first: {item}: {why}"
+                )
+            res.status = "completed"
+        except Exception as exc:
+            res.status = "failed"
+            res.error = reason(exc)
+            if not isinstance(exc, EmbedpipeError):
+                res.error += "\n" + "".join(traceback.format_exception(exc)[-3:])
+            raise StepFailed(name, reason(exc), hint=self._hint()) from exc
+        finally:
+            res.skips = list(ctx.skipped)
+            res.skipped = len(ctx.skipped)
+            res.seconds = round(time.perf_counter() - t0, 3)
+            self.bars.finish(name, res)
+        return res
+
+    def _run(self, step: Step, ctx: StepContext, res: StepResult) -> None:
+        name = step.name
+        upstream = step.config.inputs()
+        # A bar counts the rows a step consumes, or writes for sources, cached steps and 1:1
+        # steps that consume in large windows (encode), so it moves as work completes.
+        cache = self._cache_for(name)
+        by_output = not upstream or step.progress == "output" or cache is not None
+        tick = functools.partial(self.bars.advance, name)
+        if cache is not None:
+            out = self._cached(step, cache, ctx, upstream[0], res, tick)
+        elif self.planning and not step.plan_runs:
+            out = self._placeholders(step, Staged(self.path(upstream[0]), res), res, None)
+            res.estimated = True
+        else:
+            step.setup(ctx)
+            inputs = [Staged(self.path(u), res, None if by_output else tick) for u in upstream]
+            out = counted(step.run(inputs, ctx), res, tick)
+        if step.downstream:
+            write_staged(self.path(name), out, self.dag.schemas[name])
+        else:
+            for _ in out:
+                pass
+        if not upstream:
+            self._documents_diff(name, res)
+        if res.estimated:
+            res.estimated_seconds = self._estimate(step, res.computed)
+
+    def _cache_for(self, name: str) -> StepCache | None:
+        """A cache when the step declares key columns that its one input and its output have."""
+        step = self.dag.steps[name]
+        ups = step.config.inputs()
+        if not step.cache_key or len(ups) != 1:
+            return None
+        for schema in (self.dag.schemas[ups[0]], self.dag.schemas[name]):
+            if any(schema.get_field_index(c) < 0 for c in step.cache_key):
+                return None
+        return StepCache(self.ws.root, step)
+
+    def _cached(
+        self,
+        step: Step,
+        cache: StepCache,
+        ctx: StepContext,
+        upstream: str,
+        res: StepResult,
+        tick: Callable[[int], None],
+    ) -> Iterator[pa.RecordBatch]:
+        """Reuse cached output for input rows whose key is cached; run the step on the rest
+        only (and load its model only if there is a rest)."""
+        known = pa.array(sorted(cache.keys()), pa.string())
+        hits: set[str] = set()
+        misses = self.path(f"{step.name}.misses")
+        todo = 0  # input rows to compute
+        with pa.memory_map(str(self.path(upstream))) as source:
+            schema = pa.ipc.open_stream(source).schema
+
+        def split() -> Iterator[pa.RecordBatch]:
+            nonlocal todo
+            for batch in read_staged(self.path(upstream)):
+                res.rows_in += batch.num_rows
+                keys = hash_rows(batch, step.cache_key)
+                cached = pc.is_in(keys, value_set=known)
+                hits.update(pc.filter(keys, cached).to_pylist())
+                rest = batch.filter(pc.invert(cached))
+                todo += rest.num_rows
+                yield rest
+
+        write_staged(misses, split(), schema)
+        yield from counted(cache.rows(hits), res, tick, cached=True)
+        if not todo:
+            return
+        if self.planning and not step.plan_runs:
+            res.estimated = True
+            yield from self._placeholders(step, Staged(misses), res, cache.schema())
+            return
+        step.setup(ctx)  # only now load models: an unchanged re-run never does
+        out = step.run([Staged(misses)], ctx)
+        yield from counted(cache.tee(out) if self.write_caches else out, res, tick)
+
+    def _placeholders(
+        self, step: Step, rows: Staged, res: StepResult, schema: pa.Schema | None
+    ) -> Iterator[pa.RecordBatch]:
+        """What a plan passes on for rows a step was not run on: its own columns null."""
+        schema = schema or self.dag.schemas[step.name]
+        for batch in rows:
+            n = batch.num_rows
+            cols = [
+                pc.cast(batch.column(f.name), f.type)
+                if f.name in batch.schema.names
+                else pa.nulls(n, f.type)
+                for f in schema
+            ]
+            res.rows_out += n
+            yield pa.RecordBatch.from_arrays(cols, schema=schema)
+
+    def _documents_diff(self, name: str, res: StepResult) -> None:
+        """A source step's documents against those the index holds: new, changed, deleted."""
+        schema = self.dag.schemas[name]
+        if any(schema.get_field_index(c) < 0 for c in ("doc_id", "content_hash")):
+            return
+        have = self.ws.indexed_documents(index_tables(self.dag))
+        if have is None:
+            res.new = res.computed = res.rows_out
+            return
+        seen = new = changed = 0
+        for batch in read_staged(self.path(name)):
+            for doc_id, h in zip(
+                batch.column("doc_id").to_pylist(),
+                batch.column("content_hash").to_pylist(),
+                strict=True,
+            ):
+                old = have.get(doc_id)
+                seen += old is not None
+                new += old is None
+                changed += old is not None and old != h
+        res.new, res.changed, res.deleted = new, changed, len(have) - seen
+        res.computed = new + changed
+        res.cached = res.rows_out - res.computed
+
+    def _estimate(self, step: Step, rows: int) -> float | None:
+        rate = self.catalog.throughput(step.name)
+        return round(rows / rate, 1) if rate and rows else None
+
+    def _hint(self) -> str:
+        spec = self.dag.spec.path
+        where = f"where run_id = '{self.run_id}'"
+        return (
+            "Nothing was committed; the index keeps its previous version. Inspect: "
+            f'pipe sql {spec} "select step, status, error from step_runs {where}" and '
+            f'pipe sql {spec} "select * from skipped {where}"; fix, then re-run: pipe run {spec}'
+        )
+
+
+def index_tables(dag: Dag) -> list[str]:
+    return [s.table_name(dag.spec.name) for s in dag.steps.values() if isinstance(s, Index)]
+
+
+def reason(exc: BaseException) -> str:
+    if isinstance(exc, EmbedpipeError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Staged:
+    """A step's input: a staged Arrow IPC file, read batch by batch. A step may iterate it more
+    than once (each pass re-reads the file); only the first pass counts ``rows_in``."""
+
+    def __init__(
+        self, path: Path, res: StepResult | None = None, tick: Callable[[int], None] | None = None
+    ) -> None:
+        self.path, self.res, self.tick = path, res, tick
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        res, tick = self.res, self.tick
+        self.res = self.tick = None
+        for batch in read_staged(self.path):
+            if res:
+                res.rows_in += batch.num_rows
+            if tick:
+                tick(batch.num_rows)
+            yield batch
+
+
+def counted(
+    batches: Iterator[pa.RecordBatch],
+    res: StepResult,
+    tick: Callable[[int], None] | None,
+    *,
+    cached: bool = False,
+) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        res.rows_out += batch.num_rows
+        if cached:
+            res.cached += batch.num_rows
+        if tick:
+            tick(batch.num_rows)
+        yield batch
+
+
+def write_staged(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+    """Stage a step's output as an Arrow IPC stream, batch by batch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    with pa.OSFile(str(path), "wb") as sink:
+        for batch in batches:
+            if writer is None:
+                writer = pa.ipc.new_stream(sink, batch.schema)
+            writer.write_batch(batch)
+        if writer is None:
+            writer = pa.ipc.new_stream(sink, schema)
+        writer.close()
+
+
+def read_staged(path: Path) -> Iterator[pa.RecordBatch]:
+    with pa.memory_map(str(path)) as source:
+        yield from pa.ipc.open_stream(source)
