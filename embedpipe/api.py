@@ -44,6 +44,18 @@ class Pipeline:
         cols, rows = sql(self.dag, query)
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
+    def versions(self, *, step: str | None = None) -> list[dict[str, Any]]:
+        """The index table's versions on disk, newest first."""
+        from embedpipe.engine.versions import versions
+
+        return versions(self.dag, step)
+
+    def rollback(self, to_version: int, *, step: str | None = None) -> dict[str, Any]:
+        """Make an older version of the index table live again (as a new version)."""
+        from embedpipe.engine.versions import rollback
+
+        return rollback(self.dag, to_version, step)
+
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         from embedpipe.engine.query import runs
 

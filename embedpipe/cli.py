@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from embedpipe import _env  # noqa: F401
-from embedpipe.errors import EmbedpipeError, SpecError
+from embedpipe.errors import EmbedpipeError, NotIndexed, SpecError
 
 app = typer.Typer(
     name="pipe",
@@ -278,34 +278,96 @@ def _cell(v: Any) -> str:
 def runs(
     spec: SpecArg,
     limit: Annotated[int, typer.Option("-n", help="How many runs.")] = 20,
+    versions: Annotated[
+        bool, typer.Option("--versions", help="With --json: the index versions instead.")
+    ] = False,
     sets: SetOpt = None,
     workspace: WsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show SPEC's run history from the catalog, newest first.
+    """Show SPEC's run history from the catalog, newest first, and its index versions.
 
     Example: pipe runs pipelines/scifact.yaml -n 5
     """
     pipeline = _pipeline(spec, sets, workspace)
-    rows = pipeline.runs(limit)
+    try:
+        rows = pipeline.runs(limit)
+        vers = pipeline.versions() if versions or not as_json else []
+    except EmbedpipeError as exc:
+        if not isinstance(exc, NotIndexed):
+            raise _fail(exc) from None
+        vers = []
     if as_json:
-        print(_dump(rows))
+        print(_dump(vers if versions else rows))
         return
     table = Table(title=f"{pipeline.name}: runs")
-    for c in ("run_id", "status", "started_at", "seconds", "lance_version", "spec_hash", "error"):
-        table.add_column(c)
+    for c in ("run_id", "status", "started", "seconds", "version", "spec", "note"):
+        table.add_column(c, no_wrap=c != "note")
     for r in rows:
+        note = r["error"] or ""
+        if r["rolled_back_to"] is not None:
+            note = f"rollback to v{r['rolled_back_to']}"
+        elif r["noop"]:
+            note = "nothing to do"
         table.add_row(
             r["run_id"],
             r["status"],
-            str(r["started_at"])[:19],
+            f"{r['started_at']:%Y-%m-%d %H:%M}" if r["started_at"] else "",
             f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
             str(r["lance_version"] or ""),
-            r["spec_hash"][:8],
-            (r["error"] or "")[:80],
+            (r["spec_hash"] or "")[:8],
+            note[:80],
             style="red" if r["status"] == "failed" else None,
         )
     out.print(table)
+    if vers:
+        vt = Table(title=f"{pipeline.name}: index versions (pipe rollback {spec} --to-version N)")
+        for c in ("version", "committed", "rows", "run_id", "note"):
+            vt.add_column(c)
+        for v in vers:
+            vt.add_row(
+                str(v["version"]),
+                str(v["timestamp"])[:19],
+                str(v["rows"] or ""),
+                v["run_id"] or "",
+                "; ".join(x for x in ("live" if v["live"] else "", v["note"] or "") if x),
+                style="bold" if v["live"] else None,
+            )
+        out.print(vt)
+
+
+@app.command()
+def rollback(
+    spec: SpecArg,
+    to_version: Annotated[
+        int, typer.Option("--to-version", help="The index version to make live again.")
+    ],
+    step: Annotated[
+        str | None, typer.Option("--step", help="The index step (default: the last one).")
+    ] = None,
+    sets: SetOpt = None,
+    workspace: WsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make an older version of SPEC's index live again, as a new version (undoable).
+
+    The next `pipe run` brings the index back in line with the sources, from the caches.
+    Versions on disk: pipe runs SPEC.
+
+    Example: pipe rollback pipelines/scifact.yaml --to-version 3
+    """
+    pipeline = _pipeline(spec, sets, workspace)
+    try:
+        done = pipeline.rollback(to_version, step=step)
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(_dump(done))
+    else:
+        out.print(
+            f"[green]✓[/] {done['table']}: v{done['to_version']} is live again as "
+            f"v{done['lance_version']} ({done['rows']} rows; was v{done['from_version']})"
+        )
 
 
 @app.command()

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS skipped (
 );
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS noop BOOLEAN;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS prefect VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS rolled_back_to BIGINT;
 ALTER TABLE step_runs ADD COLUMN IF NOT EXISTS new BIGINT;
 ALTER TABLE step_runs ADD COLUMN IF NOT EXISTS changed BIGINT;
 """
@@ -136,6 +137,21 @@ class Catalog:
             cols = [d[0] for d in rel.description]
             return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
 
+    def committers(self) -> dict[int, dict[str, Any]]:
+        """Lance version -> the run (or rollback) that committed it."""
+        if not self.path.exists():
+            return {}
+        with duckdb.connect(str(self.path), read_only=True) as con:
+            cols = {d[0] for d in con.execute("SELECT * FROM runs LIMIT 0").description}
+            back = "rolled_back_to" if "rolled_back_to" in cols else "NULL"
+            rows = con.execute(
+                f"SELECT lance_version, run_id, {back} FROM runs WHERE lance_version IS NOT NULL"
+            ).fetchall()
+        return {
+            v: {"run_id": r, "note": f"rollback to v{back}" if back is not None else None}
+            for v, r, back in rows
+        }
+
     def _insert(self, table: str, row: dict[str, Any]) -> None:
         with self._connect() as con:
             self._insert_con(con, table, row)
@@ -149,11 +165,12 @@ class Catalog:
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
+        # SELECT *: a catalog written by an older embedpipe lacks the newer columns until the
+        # next run adds them, and this connection is read-only.
         with duckdb.connect(str(self.path), read_only=True) as con:
-            rel = con.execute(
-                "SELECT run_id, pipeline, status, started_at, seconds, lance_version, spec_hash, "
-                "flow_run_id, error, noop, prefect FROM runs ORDER BY started_at DESC LIMIT ?",
-                [limit],
-            )
+            rel = con.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", [limit])
             cols = [d[0] for d in rel.description]
-            return [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
+            rows = [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
+        keep = ("run_id", "pipeline", "status", "started_at", "seconds", "lance_version")
+        keep += ("spec_hash", "flow_run_id", "error", "noop", "prefect", "rolled_back_to")
+        return [{k: r.get(k) for k in keep} for r in rows]

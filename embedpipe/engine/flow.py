@@ -181,9 +181,10 @@ def execute(
                     planning=False, strict=strict,
                 )  # fmt: skip
                 result.steps = runner.results
-                orchestrator.quiet_run_logs(not prefect_logs)
                 with runner.bars:
-                    orchestrator.run_flow(dag, runner, planner, result, catalog)
+                    orchestrator.run_flow(
+                        dag, runner, planner, result, catalog, prefect_logs=prefect_logs
+                    )
                 result.lance_version = runner.version
                 prefect_state = "recorded"
             result.status = "completed"

@@ -44,12 +44,20 @@ def tags_of(dag: Dag) -> list[str]:
 
 
 def run_flow(
-    dag: Dag, runner: Runner, planner: Runner, result: RunResult, catalog: Catalog
+    dag: Dag,
+    runner: Runner,
+    planner: Runner,
+    result: RunResult,
+    catalog: Catalog,
+    *,
+    prefect_logs: bool = False,
 ) -> None:
     """Run the steps as one Prefect flow run; steps the plan already computed are taken from it
     (their task runs then last a moment), the rest run in their task."""
     from prefect import flow, tags, task
     from prefect.cache_policies import NO_CACHE
+
+    quiet_run_logs(not prefect_logs)  # after the import: Prefect configures logging on import
 
     starting = None if server_configured() else _start_ephemeral()
     for name in dag.order:  # load models while the server starts

@@ -146,6 +146,8 @@ class LanceStore:
             crash_point("index-commit")
         rows = tbl.count_rows()
         built = self._ann(tbl, step, rows, stale=changed)
+        if changed or built:
+            retain(tbl, step.config.retain)  # type: ignore[attr-defined]
         # Rows left as they were count as cached: computed + cached = rows_out.
         out = {**stats, "rows_out": rows, "cached": rows - stats["computed"]}
         if changed or built:
@@ -194,6 +196,15 @@ class PlanStore:
         changed = bool(stats["computed"] or stats["deleted"])
         commits = changed or ann_due(tbl, step, rows, stale=False)
         return {**stats, "rows_out": rows, "cached": rows - stats["computed"], "commits": commits}
+
+
+def retain(tbl: Any, versions: int | None) -> None:
+    """Remove all but the newest ``versions`` versions, with the files only they use. Files a
+    killed writer left behind are kept (Lance removes those only when a week old)."""
+    if versions is not None:
+        tbl.to_lance().cleanup_old_versions(
+            retain_versions=versions, error_if_tagged_old_versions=False
+        )
 
 
 def _no_rows(table: str) -> EmbedpipeError:

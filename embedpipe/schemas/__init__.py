@@ -72,27 +72,35 @@ def index(dims: int | None) -> pa.Schema:
         [CHUNKS.field(n) for n in keep]
         + embedding_fields(dims)
         + [pa.field("spec_hash", pa.string()), pa.field("run_id", pa.string())]
-        # A digest of what decides the row (ROW_HASH_OF): a run rewrites a row only if it changed.
+        # A digest of the row's other columns (all but ROW_HASH_SKIP): a run rewrites a row only
+        # if it changed; vectors count by their bytes.
         + [pa.field("row_hash", pa.string())],
         metadata={"embedpipe.kind": "index"},
     )
 
 
 def hash_rows(batch: pa.RecordBatch | pa.Table, columns: tuple[str, ...]) -> pa.Array:
-    """One hex digest per row of the row's values in ``columns`` (cache keys, row hashes)."""
-    values = zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
+    """One hex digest per row of the row's values in ``columns`` (cache keys, row hashes).
+    Vectors are hashed by their bytes: a vector that changed at all changes the digest."""
+    values = zip(*(_row_values(batch.column(c)) for c in columns), strict=True)
     return pa.array(
-        [
-            hashlib.blake2b(
-                "\x1f".join("" if v is None else str(v) for v in row).encode(), digest_size=16
-            ).hexdigest()
-            for row in values
-        ],
+        [hashlib.blake2b(b"\x1f".join(row), digest_size=16).hexdigest() for row in values],
         pa.string(),
     )
 
 
-ROW_HASH_OF = ("chunk_id", "content_hash", "text", "title", "model_revision", "spec_hash")
+def _row_values(col: pa.Array | pa.ChunkedArray) -> list[bytes]:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type) and not col.null_count:
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        return [row.tobytes() for row in flat.reshape(len(col), t.list_size)]
+    return [b"" if v is None else str(v).encode() for v in col.to_pylist()]
+
+
+# Lineage columns say which run and spec wrote a row; they do not make it a different row.
+ROW_HASH_SKIP = ("spec_hash", "run_id", "row_hash")
 
 
 def kind(schema: pa.Schema) -> str:

@@ -44,6 +44,12 @@ class IndexConfig(StepConfig):
         None, gt=0, description="Expected vector dimension; checked against the input."
     )
     ann: AnnConfig = Field(default_factory=AnnConfig)
+    retain: int | None = Field(
+        10,
+        ge=1,
+        description="Table versions to keep for `pipe rollback`; older ones and their files "
+        "are removed after each commit. null keeps every version.",
+    )
 
 
 class Index(Step):
@@ -56,6 +62,7 @@ class Index(Step):
       table: scifact             # default: the pipeline name
       metric: cosine
       ann: {type: ivf_pq}        # or none (exact search, the default)
+      retain: 10                 # table versions kept for pipe rollback
     ```
     Each run commits one new table version: rows are upserted by chunk_id, and rows of chunks
     that no longer exist are deleted in the same commit.
@@ -100,7 +107,8 @@ class Index(Step):
                     for f in schema
                 ]
                 out = pa.RecordBatch.from_arrays(cols, schema=schema)
-                row_hash = schemas.hash_rows(out, schemas.ROW_HASH_OF)
+                decides = tuple(n for n in schema.names if n not in schemas.ROW_HASH_SKIP)
+                row_hash = schemas.hash_rows(out, decides)
                 yield out.set_column(schema.get_field_index("row_hash"), "row_hash", row_hash)
 
         result = ctx.store.write(self.table_name(ctx.pipeline), rows, self)

@@ -1,0 +1,108 @@
+"""Index table versions: list them, roll back to one, and drop old ones (``retain``).
+
+Every commit of an index table is a Lance version. A rollback does not rewrite history: it
+commits a new version whose rows are those of the old one, so it can itself be undone.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata
+from typing import Any
+
+from embedpipe.dag import Dag
+from embedpipe.engine.catalog import Catalog, now
+from embedpipe.engine.query import index_step
+from embedpipe.engine.workspace import Workspace, retain
+from embedpipe.errors import EmbedpipeError, NotIndexed
+
+
+class UsageError(EmbedpipeError):
+    """A command-line argument that cannot be used (exit 2, like an invalid spec)."""
+
+    exit_code = 2
+
+
+def _table(dag: Dag, step: str | None) -> tuple[Workspace, str]:
+    ws = Workspace(dag.spec.workspace)
+    table = index_step(dag, step).table_name(dag.spec.name)
+    if not ws.table_exists(table):
+        raise NotIndexed(
+            f"table '{table}' does not exist in {ws.root} yet; run first: pipe run {dag.spec.path}"
+        )
+    return ws, table
+
+
+def versions(dag: Dag, step: str | None = None) -> list[dict[str, Any]]:
+    """The table's versions still on disk, newest first, with the run that committed each."""
+    ws, table = _table(dag, step)
+    tbl = ws.connect().open_table(table)
+    live = tbl.version
+    by_version = Catalog(ws.catalog_path).committers()
+    out = []
+    for v in sorted(tbl.list_versions(), key=lambda v: v["version"], reverse=True):
+        meta = v.get("metadata") or {}
+        run = by_version.get(v["version"], {})
+        out.append(
+            {
+                "version": v["version"],
+                "timestamp": v["timestamp"],
+                "rows": int(meta.get("total_rows", 0)) or None,
+                "live": v["version"] == live,
+                "run_id": run.get("run_id"),
+                "note": run.get("note"),
+            }
+        )
+    return out
+
+
+def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, Any]:
+    """Make version ``to_version`` the live one again, as a new version; recorded as a run."""
+    ws, table = _table(dag, step)
+    with ws.lock(dag.spec.name):
+        tbl = ws.connect().open_table(table)
+        have = sorted(v["version"] for v in tbl.list_versions())
+        if to_version not in have:
+            raise UsageError(
+                f"--to-version {to_version}: table '{table}' has no such version; versions on "
+                f"disk: {_ranges(have)} (older ones were removed by retain; see pipe runs)"
+            )
+        started, t0 = now(), time.perf_counter()
+        before = tbl.version
+        tbl.restore(to_version)
+        retain(tbl, index_step(dag, step).config.retain)
+        catalog = Catalog(ws.catalog_path)
+        run_id = f"{started:%Y%m%dT%H%M%S}-rollback"
+        catalog.start_run(
+            run_id=run_id,
+            pipeline=dag.spec.name,
+            status="completed",
+            started_at=started,
+            ended_at=now(),
+            seconds=time.perf_counter() - t0,
+            spec_path=str(dag.spec.path),
+            spec_hash=dag.spec.hash,
+            tables=[table],
+            lance_version=tbl.version,
+            rolled_back_to=to_version,
+            embedpipe_version=metadata.version("embedpipe"),
+        )
+        return {
+            "run_id": run_id,
+            "table": table,
+            "from_version": before,
+            "to_version": to_version,
+            "lance_version": tbl.version,
+            "rows": tbl.count_rows(),
+        }
+
+
+def _ranges(values: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``1-3, 7``."""
+    parts: list[str] = []
+    for v in values:
+        if parts and v == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
+        else:
+            parts.append(str(v))
+    return ", ".join(parts)
