@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +53,7 @@ class StepCache:
         ds = self._dataset()
         if ds is None:
             return set()
+        os.utime(self.path)  # most recently used: kept by prune()
         return set(ds.to_table(columns=[KEY]).column(KEY).to_pylist())
 
     def rows(self, keys: set[str]) -> Iterator[pa.RecordBatch]:
@@ -74,3 +77,35 @@ class StepCache:
                 lance.write_dataset(pa.Table.from_batches([keyed]), str(self.path), mode=mode)
                 crash_point(self.crash_point)
             yield batch
+
+    def prune(self, used: set[str], *, stale_share: float = 0.2, keep_others: int = 1) -> int:
+        """Drop what the last successful run did not use: caches of other configs (all but
+        the ``keep_others`` most recently used, so switching back once is still free), and,
+        once they are over ``stale_share`` of this cache, rows of edited or deleted inputs.
+        Returns the rows dropped. A crash here loses cached work, never correctness."""
+        others = [p for p in self.path.parent.glob("*.lance") if p != self.path]
+        for old in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)[keep_others:]:
+            shutil.rmtree(old, ignore_errors=True)
+        ds = self._dataset()
+        if ds is None:
+            return 0
+        keys = ds.to_table(columns=[KEY]).column(KEY)
+        wanted = pa.array(sorted(used), pa.string())
+        stale = len(keys) - pc.sum(pc.is_in(keys, value_set=wanted)).as_py()
+        if stale <= stale_share * len(keys):
+            return 0
+        fresh = self.path.with_suffix(".lance.tmp")
+        shutil.rmtree(fresh, ignore_errors=True)
+
+        def kept() -> Iterator[pa.RecordBatch]:
+            for batch in ds.to_batches():
+                yield batch.filter(pc.is_in(batch.column(KEY), value_set=wanted))
+
+        reader = pa.RecordBatchReader.from_batches(ds.schema, kept())
+        lance.write_dataset(reader, str(fresh))
+        old = self.path.with_suffix(".lance.old")
+        shutil.rmtree(old, ignore_errors=True)
+        self.path.rename(old)
+        fresh.rename(self.path)
+        shutil.rmtree(old, ignore_errors=True)
+        return stale

@@ -154,6 +154,7 @@ def execute(
             planning=True, strict=strict,
         )  # fmt: skip
         prefect_state = None
+        runner: Runner | None = None
         try:
             try:
                 with planner.bars:
@@ -188,6 +189,11 @@ def execute(
                 result.lance_version = runner.version
                 prefect_state = "recorded"
             result.status = "completed"
+            # The runner's keys where it ran a step, the plan's where the run took its output.
+            try:
+                planner.prune_caches([r for r in (runner, planner) if r is not None])
+            except Exception as exc:  # a cache too big costs disk, never a completed run
+                console.print(f"warning: step caches not pruned: {reason(exc)}", markup=False)
         except Exception as exc:
             result.status = "failed"
             result.error = reason(exc)

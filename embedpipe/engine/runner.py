@@ -78,6 +78,7 @@ class Runner:
         self.store: LanceStore | PlanStore = PlanStore(ws) if planning else LanceStore(ws)
         self.results: dict[str, StepResult] = {n: StepResult() for n in dag.order}
         self.version: int | None = None  # the Lance version an index step committed
+        self.used: dict[str, set[str]] = {}  # cache keys each cached step's input had
 
     def path(self, step: str) -> Path:
         return self.staging / f"{step}.arrow"
@@ -197,6 +198,7 @@ class Runner:
         only (and load its model only if there is a rest)."""
         known = pa.array(sorted(cache.keys()), pa.string())
         hits: set[str] = set()
+        used = self.used.setdefault(step.name, set())
         misses = self.path(f"{step.name}.misses")
         todo = 0  # input rows to compute
         with pa.memory_map(str(self.path(upstream))) as source:
@@ -207,6 +209,7 @@ class Runner:
             for batch in read_staged(self.path(upstream)):
                 res.rows_in += batch.num_rows
                 keys = hash_rows(batch, step.cache_key)
+                used.update(keys.to_pylist())
                 cached = pc.is_in(keys, value_set=known)
                 hits.update(pc.filter(keys, cached).to_pylist())
                 rest = batch.filter(pc.invert(cached))
@@ -224,6 +227,14 @@ class Runner:
         step.setup(ctx)  # only now load models: an unchanged re-run never does
         out = step.run([Staged(misses)], ctx)
         yield from counted(cache.tee(out) if self.write_caches else out, res, tick)
+
+    def prune_caches(self, runs: list[Runner]) -> None:
+        """After a successful run: drop cached rows no input needs any more (see StepCache)."""
+        for name in self.dag.order:
+            cache = self._cache_for(name)
+            used = next((r.used[name] for r in runs if name in r.used), None)
+            if cache is not None and used is not None:
+                cache.prune(used)
 
     def _placeholders(
         self, step: Step, rows: Staged, res: StepResult, schema: pa.Schema | None
