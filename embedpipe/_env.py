@@ -5,7 +5,9 @@ Users' own settings always win: every value is a default (``setdefault``).
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 DEFAULTS: dict[str, str] = {
     # Prefect: no analytics, no telemetry; nothing leaves loopback.
@@ -21,9 +23,30 @@ DEFAULTS: dict[str, str] = {
 }
 
 
+def home() -> Path:
+    """Per-user state: ``$EMBEDPIPE_HOME``, default ``~/.embedpipe``."""
+    return Path(os.environ.get("EMBEDPIPE_HOME") or Path.home() / ".embedpipe")
+
+
+def ui_url() -> str | None:
+    """The API URL of the server `pipe ui` started, while its process lives."""
+    try:
+        state = json.loads((home() / "ui.json").read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(state["api_url"])
+
+
+USER_API_URL = os.environ.get("PREFECT_API_URL")  # the user's own, before apply() sets one
+
+
 def apply() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # Runs report to the server `pipe ui` started; a PREFECT_API_URL the user set wins.
+    if "PREFECT_API_URL" not in os.environ and (url := ui_url()):
+        os.environ["PREFECT_API_URL"] = url
 
 
 apply()

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from embedpipe import _env  # noqa: F401
+from embedpipe import _env
 from embedpipe.errors import EmbedpipeError, NotIndexed, SpecError
 
 app = typer.Typer(
@@ -368,6 +368,38 @@ def rollback(
             f"[green]✓[/] {done['table']}: v{done['to_version']} is live again as "
             f"v{done['lance_version']} ({done['rows']} rows; was v{done['from_version']})"
         )
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 4200,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the server pipe ui started.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a local Prefect server and UI on 127.0.0.1 in the background; later `pipe run`
+    and `pipe schedule` report to it. `pipe ui --stop` stops it.
+
+    A PREFECT_API_URL you set yourself always wins over this server.
+
+    Example: pipe ui --port 4200
+    """
+    from embedpipe.engine import ui as ui_mod
+
+    try:
+        state = ui_mod.stop() if stop else ui_mod.start(port)
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(_dump(state or {}))
+        return
+    if stop:
+        out.print(f"stopped the Prefect server at {state['url']}" if state else "no server running")
+        return
+    assert state is not None
+    verb = "already running" if state["already_running"] else "started"
+    out.print(f"Prefect UI {verb}: {state['url']}  (log: {state['log']}; stop: pipe ui --stop)")
+    if _env.USER_API_URL and _env.USER_API_URL.rstrip("/") != state["api_url"]:
+        out.print(f"note: PREFECT_API_URL={_env.USER_API_URL} is set, so runs report there")
 
 
 @app.command()

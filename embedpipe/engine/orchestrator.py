@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -84,18 +85,21 @@ def run_flow(
         from prefect.runtime import flow_run
 
         result.flow_run_id = str(flow_run.id) if flow_run.id else None
-        for name in dag.order:
-            task(
-                step_task,
-                name=f"{name} ({dag.steps[name].type})",
-                task_run_name=name,
-                retries=2,
-                retry_delay_seconds=2,
-                retry_condition_fn=_transient,
-                cache_policy=NO_CACHE,
-                persist_result=False,
-                tags=[f"step:{name}"],
-            )(step=name, run_id=run_id)
+        try:
+            for name in dag.order:
+                task(
+                    step_task,
+                    name=f"{name} ({dag.steps[name].type})",
+                    task_run_name=name,
+                    retries=2,
+                    retry_delay_seconds=2,
+                    retry_condition_fn=_transient,
+                    cache_policy=NO_CACHE,
+                    persist_result=False,
+                    tags=[f"step:{name}"],
+                )(step=name, run_id=run_id)
+        finally:  # failed runs get their summary too: it says which step failed, and why
+            _summary_artifact(dag, runner, result)
 
     _record_deferred(pipeline_flow, dag, catalog)
     # Tags entered outside the flow call land on the flow run and its task runs.
@@ -106,6 +110,39 @@ def run_flow(
             spec_hash=dag.spec.hash,
             run_id=result.run_id,
         )
+
+
+def _summary_artifact(dag: Dag, runner: Runner, result: RunResult) -> None:
+    """The run's summary as a markdown artifact on its flow run, for the Prefect UI."""
+    from prefect.artifacts import create_markdown_artifact
+
+    spec = dag.spec.path
+    head = "| step | type | status | in | out | computed | cached | deleted | skipped | s |"
+    lines = [head, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for name, s in runner.results.items():
+        counts = (s.rows_in, s.rows_out, s.computed, s.cached, s.deleted, s.skipped)
+        cells = [name, dag.steps[name].type, s.status, *map(str, counts), f"{s.seconds:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    version = runner.version
+    where = f"where run_id = '{result.run_id}'"
+    text = "\n".join(
+        [
+            f"### {dag.spec.name} · run `{result.run_id}`",
+            "",
+            f"Lance version committed: **{version}**" if version else "No new Lance version.",
+            "",
+            *lines,
+            "",
+            f"- history: `pipe runs {spec}`",
+            f'- step details: `pipe sql {spec} "select * from step_runs {where}"`',
+            f'- skipped inputs: `pipe sql {spec} "select step, item, reason from skipped {where}"`',
+        ]
+    )
+    key = re.sub(r"[^a-z0-9-]+", "-", f"{dag.spec.name}-run-summary".lower())
+    try:
+        create_markdown_artifact(markdown=text, key=key, description=f"{dag.spec.name} run summary")
+    except Exception as exc:  # a missing summary must not fail the run
+        log.warning("could not attach the run summary to the flow run: %s", exc)
 
 
 def _start_ephemeral() -> threading.Thread:
