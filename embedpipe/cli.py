@@ -371,6 +371,81 @@ def rollback(
 
 
 @app.command()
+def schedule(
+    spec: SpecArg,
+    cron: Annotated[
+        str | None, typer.Option("--cron", help="Cron expression (default: the spec's).")
+    ] = None,
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="IANA time zone (default: the spec's, UTC).")
+    ] = None,
+    run_now: Annotated[bool, typer.Option("--run-now", help="Also run once right away.")] = False,
+    port: Annotated[int, typer.Option("--port", help="Port for pipe ui if none runs.")] = 4200,
+    sets: SetOpt = None,
+    workspace: WsOpt = None,
+) -> None:
+    """Serve SPEC as a Prefect deployment on its cron, in the foreground (Ctrl-C stops it).
+
+    Needs a Prefect server: PREFECT_API_URL, or the one `pipe ui` runs (started if needed).
+    Runs as a systemd service or under a Prefect work pool too: see docs/scheduling.md.
+
+    Example: pipe schedule pipelines/scifact.yaml --cron "0 2 * * *" --run-now
+    """
+    import os
+
+    pipeline = _pipeline(spec, sets, workspace)
+    planned = pipeline.dag.spec.spec.schedule
+    cron = cron or (planned.cron if planned else None)
+    tz = timezone or (planned.timezone if planned else "UTC")
+    if not cron:
+        err.print(
+            f'error: {spec} has no schedule: add `schedule: {{cron: "0 2 * * *"}}` to it, '
+            "or pass --cron",
+            markup=False,
+        )
+        raise typer.Exit(2)
+    from embedpipe.spec.models import ScheduleSpec
+
+    try:
+        ScheduleSpec(cron=cron, timezone=tz)
+    except ValueError as exc:
+        err.print(f"error: --cron/--timezone: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    if not os.environ.get("PREFECT_API_URL"):  # before Prefect is imported: it reads it once
+        from embedpipe.engine import ui as ui_mod
+
+        try:
+            state = ui_mod.start(port)
+        except EmbedpipeError as exc:
+            raise _fail(exc) from None
+        os.environ["PREFECT_API_URL"] = state["api_url"]
+        err.print(f"Prefect server: {state['url']} (pipe ui --stop stops it)")
+    from embedpipe.engine.schedule import serve
+
+    api = os.environ["PREFECT_API_URL"].rstrip("/")
+    ui_url = api[: -len("/api")] if api.endswith("/api") else api
+
+    def ready(deployment_id: object) -> None:
+        err.print(
+            f"serving {pipeline.name} on cron '{cron}' ({tz}); deployment "
+            f"{ui_url}/deployments/deployment/{deployment_id}; Ctrl-C stops serving",
+            markup=False,
+        )
+
+    serve(
+        pipeline.name,
+        str(pipeline.dag.spec.path.resolve()),
+        cron=cron,
+        timezone=tz,
+        overrides=sets,
+        workspace=str(workspace.resolve()) if workspace else None,
+        run_now=run_now,
+        on_ready=ready,
+    )
+    err.print("stopped serving; the deployment stays (unpaused) for the next pipe schedule")
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 4200,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the server pipe ui started.")] = False,

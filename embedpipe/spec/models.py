@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ScheduleSpec(BaseModel):
@@ -13,6 +13,35 @@ class ScheduleSpec(BaseModel):
 
     cron: str = Field(description="A cron expression, e.g. '0 2 * * *' (02:00 every night).")
     timezone: str = Field("UTC", description="IANA time zone the cron is read in.")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(value, datetime.now())
+        except CronSimError as exc:
+            raise ValueError(
+                f"'{value}' is not a cron expression ({exc}); want 5 fields: minute hour "
+                "day-of-month month day-of-week, e.g. '0 2 * * *'"
+            ) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"'{value}' is not an IANA time zone, e.g. UTC or Europe/Berlin"
+            ) from None
+        return value
 
 
 class RunnerSpec(BaseModel):

@@ -1,0 +1,80 @@
+"""`pipe schedule`: serve a pipeline as a Prefect deployment that runs on its cron.
+
+The deployment runs the flow below, which runs the pipeline exactly as `pipe run` does (its
+flow run is a subflow of the scheduled one). Schedules need a real Prefect server: with none
+configured, `pipe schedule` starts the one `pipe ui` manages, so the UI shows the schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from prefect import flow
+
+from embedpipe.errors import EmbedpipeError
+
+
+@flow(
+    name="embedpipe-schedule",
+    flow_run_name="{pipeline}-scheduled",
+    persist_result=False,
+    validate_parameters=False,
+)
+def scheduled_run(
+    pipeline: str, spec: str, overrides: list[str] | None = None, workspace: str | None = None
+) -> dict[str, Any]:
+    """One scheduled run of the pipeline at ``spec``; fails the flow run if the run failed."""
+    from embedpipe import dag as dag_mod
+    from embedpipe.engine.flow import execute
+
+    dag = dag_mod.load(spec, overrides=overrides, workspace=workspace)
+    dag_mod.build(dag.spec, preflight=True)
+    result = execute(dag, overrides=overrides, progress=False)
+    if result.status != "completed":
+        raise EmbedpipeError(result.error or "the run failed")
+    return result.to_json()
+
+
+def serve(
+    pipeline: str,
+    spec: str,
+    *,
+    cron: str,
+    timezone: str,
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+    run_now: bool = False,
+    on_ready: Any = None,
+) -> None:
+    """Create (or update) the deployment and serve it until SIGINT/SIGTERM."""
+    from prefect import get_client
+    from prefect.deployments.runner import EntrypointType
+    from prefect.runner import Runner
+    from prefect.schedules import Cron
+
+    runner = Runner(name=f"embedpipe-{pipeline}", pause_on_shutdown=False)
+    deployment_id = runner.add_flow(
+        scheduled_run,
+        name=pipeline,
+        schedules=[Cron(cron, timezone=timezone)],
+        parameters={
+            "pipeline": pipeline,
+            "spec": spec,
+            "overrides": overrides or [],
+            "workspace": workspace,
+        },
+        tags=["embedpipe", f"pipeline:{pipeline}"],
+        description=f"embedpipe pipeline {pipeline} ({spec}), on cron '{cron}' ({timezone})",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        paused=False,
+    )
+    if run_now:
+        with get_client(sync_client=True) as client:
+            client.create_flow_run_from_deployment(deployment_id, tags=["run-now"])
+    if on_ready:
+        on_ready(deployment_id)
+    # Ctrl-C stops the runner; the deployment stays, unpaused, for the next pipe schedule.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner.start())
