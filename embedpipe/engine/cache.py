@@ -49,11 +49,12 @@ class StepCache:
         ds = self._dataset()
         return ds.schema.remove(ds.schema.get_field_index(KEY)) if ds is not None else None
 
-    def keys(self) -> set[str]:
+    def keys(self, *, touch: bool = True) -> set[str]:
         ds = self._dataset()
         if ds is None:
             return set()
-        os.utime(self.path)  # most recently used: kept by prune()
+        if touch:  # most recently used: kept by prune(); a plan does not count as a use
+            os.utime(self.path)
         return set(ds.to_table(columns=[KEY]).column(KEY).to_pylist())
 
     def rows(self, keys: set[str]) -> Iterator[pa.RecordBatch]:

@@ -196,7 +196,7 @@ class Runner:
     ) -> Iterator[pa.RecordBatch]:
         """Reuse cached output for input rows whose key is cached; run the step on the rest
         only (and load its model only if there is a rest)."""
-        known = pa.array(sorted(cache.keys()), pa.string())
+        known = pa.array(sorted(cache.keys(touch=self.write_caches)), pa.string())
         hits: set[str] = set()
         used = self.used.setdefault(step.name, set())
         misses = self.path(f"{step.name}.misses")
