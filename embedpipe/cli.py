@@ -381,10 +381,15 @@ def schedule(
     ] = None,
     run_now: Annotated[bool, typer.Option("--run-now", help="Also run once right away.")] = False,
     port: Annotated[int, typer.Option("--port", help="Port for pipe ui if none runs.")] = 4200,
+    pool: Annotated[
+        str | None,
+        typer.Option("--pool", help="Deploy to this work pool and return; a worker runs it."),
+    ] = None,
     sets: SetOpt = None,
     workspace: WsOpt = None,
 ) -> None:
-    """Serve SPEC as a Prefect deployment on its cron, in the foreground (Ctrl-C stops it).
+    """Serve SPEC as a Prefect deployment on its cron, in the foreground (Ctrl-C stops it);
+    or, with --pool, create the deployment on a work pool and return.
 
     Needs a Prefect server: PREFECT_API_URL, or the one `pipe ui` runs (started if needed).
     Runs as a systemd service or under a Prefect work pool too: see docs/scheduling.md.
@@ -420,10 +425,27 @@ def schedule(
             raise _fail(exc) from None
         os.environ["PREFECT_API_URL"] = state["api_url"]
         err.print(f"Prefect server: {state['url']} (pipe ui --stop stops it)")
-    from embedpipe.engine.schedule import serve
+    from embedpipe.engine.schedule import deploy, serve
 
     api = os.environ["PREFECT_API_URL"].rstrip("/")
     ui_url = api[: -len("/api")] if api.endswith("/api") else api
+    spec_path = str(pipeline.dag.spec.path.resolve())
+    ws_path = str(workspace.resolve()) if workspace else None
+    if pool:
+        if run_now:
+            err.print("error: --run-now serves; with --pool, a worker runs the deployment")
+            raise typer.Exit(2)
+        deployment_id = deploy(
+            pipeline.name, spec_path, pool=pool, cron=cron, timezone=tz,
+            overrides=sets, workspace=ws_path,
+        )  # fmt: skip
+        out.print(
+            f"deployment embedpipe-schedule/{pipeline.name} on pool '{pool}', cron '{cron}' "
+            f"({tz}): {ui_url}/deployments/deployment/{deployment_id}\n"
+            f"start a worker: prefect worker start --pool {pool}",
+            markup=False,
+        )
+        return
 
     def ready(deployment_id: object) -> None:
         err.print(
@@ -434,11 +456,11 @@ def schedule(
 
     serve(
         pipeline.name,
-        str(pipeline.dag.spec.path.resolve()),
+        spec_path,
         cron=cron,
         timezone=tz,
         overrides=sets,
-        workspace=str(workspace.resolve()) if workspace else None,
+        workspace=ws_path,
         run_now=run_now,
         on_ready=ready,
     )

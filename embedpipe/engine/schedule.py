@@ -78,3 +78,44 @@ def serve(
     # Ctrl-C stops the runner; the deployment stays, unpaused, for the next pipe schedule.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner.start())
+
+
+def deploy(
+    pipeline: str,
+    spec: str,
+    *,
+    pool: str,
+    cron: str,
+    timezone: str,
+    overrides: list[str] | None = None,
+    workspace: str | None = None,
+) -> str:
+    """Create (or update) the deployment on work pool ``pool`` and return its id; a worker
+    (`prefect worker start --pool POOL`) runs it. The pool must exist (a `process` pool runs
+    flows as local subprocesses: `prefect work-pool create POOL --type process`)."""
+    from pathlib import Path
+
+    from prefect import flow as prefect_flow
+    from prefect.schedules import Cron
+
+    package_root = Path(__file__).resolve().parents[2]
+    source = prefect_flow.from_source(
+        source=str(package_root), entrypoint="embedpipe/engine/schedule.py:scheduled_run"
+    )
+    deployment_id = source.deploy(
+        name=pipeline,
+        work_pool_name=pool,
+        schedules=[Cron(cron, timezone=timezone)],
+        parameters={
+            "pipeline": pipeline,
+            "spec": spec,
+            "overrides": overrides or [],
+            "workspace": workspace,
+        },
+        tags=["embedpipe", f"pipeline:{pipeline}"],
+        build=False,
+        push=False,
+        print_next_steps=False,
+        ignore_warnings=True,
+    )
+    return str(deployment_id)
