@@ -33,6 +33,10 @@ def ui_url() -> str | None:
     try:
         state = json.loads((home() / "ui.json").read_text())
         os.kill(int(state["pid"]), 0)
+        # A pid reused by another process after a reboot is not our server.
+        cmdline = Path(f"/proc/{int(state['pid'])}/cmdline")
+        if cmdline.exists() and b"prefect" not in cmdline.read_bytes():
+            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return str(state["api_url"])
