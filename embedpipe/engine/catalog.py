@@ -46,6 +46,10 @@ STALE = (
     "the process running it stopped (killed or crashed) before it finished; the index kept "
     "its last committed version"
 )
+STALE_COMMITTED = (
+    "the process running it stopped (killed or crashed) after it committed version {v}, which "
+    "stayed live, before it could record the end of the run"
+)
 
 
 def now() -> datetime:
@@ -93,14 +97,15 @@ class Catalog:
                 )
             con.execute("COMMIT")
 
-    def fail_stale(self) -> list[str]:
+    def fail_stale(self) -> list[tuple[str, datetime]]:
         """Mark runs still 'running' as failed: called under the workspace lock, so the process
-        that ran them is gone (killed or crashed)."""
+        that ran them is gone (killed or crashed). Returns (run_id, started_at) of each."""
         if not self.path.exists():
             return []
         with self._connect() as con:
-            rows = con.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()
-            stale = [r[0] for r in rows]
+            stale = con.execute(
+                "SELECT run_id, started_at FROM runs WHERE status = 'running'"
+            ).fetchall()
             if stale:
                 con.execute(
                     "UPDATE runs SET status = 'failed', error = ? WHERE status = 'running'",

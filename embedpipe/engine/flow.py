@@ -20,7 +20,7 @@ from rich.console import Console
 
 from embedpipe.dag import Dag
 from embedpipe.engine import orchestrator
-from embedpipe.engine.catalog import Catalog, now
+from embedpipe.engine.catalog import STALE_COMMITTED, Catalog, now
 from embedpipe.engine.progress import RunProgress, plan_table
 from embedpipe.engine.runner import Runner, StepResult, index_tables, reason
 from embedpipe.engine.workspace import Workspace
@@ -129,8 +129,15 @@ def execute(
     models = sorted({s.config.model for s in dag.steps.values() if isinstance(s, Encode)})
     with ws.lock(spec.name):
         ws.clear_staging()  # left by a run that was killed
+        ws.remove_uncommitted_tables()  # a first write killed before its commit
+        orchestrator.stop_orphaned_server(ws.root)
         catalog = Catalog(ws.catalog_path)
-        catalog.fail_stale()
+        for run_id, started_at in catalog.fail_stale():
+            committed = ws.versions_since(tables, started_at)
+            if committed is not None:
+                catalog.finish_run(
+                    run_id, lance_version=committed, error=STALE_COMMITTED.format(v=committed)
+                )
         result = RunResult(new_run_id(), spec.name)
         started = time.perf_counter()
         catalog.start_run(
@@ -205,7 +212,10 @@ def execute(
             raise
         finally:
             ws.clear_staging()
-            result.live_version = ws.table_version(tables[-1]) if tables else 0
+            try:
+                result.live_version = ws.table_version(tables[-1]) if tables else 0
+            except Exception as exc:  # the run's own record matters more than this number
+                result.error = result.error or f"cannot read the index version: {reason(exc)}"
             result.seconds = time.perf_counter() - started
             for name, res in result.steps.items():
                 if res.status != "pending":
@@ -219,7 +229,7 @@ def execute(
                 lance_version=result.lance_version,
                 error=result.error,
                 noop=result.noop,
-                prefect=prefect_state if result.flow_run_id or prefect_state else None,
+                prefect="recorded" if result.flow_run_id else prefect_state,
             )
     return result
 

@@ -1,16 +1,21 @@
 """Prefect: the flow run of a pipeline run, a task run per step, and the records of no-ops.
 
-Prefect is imported here only, and only when a run has work (a no-op never pays for it). With
+Prefect is imported here only. A no-op reads Prefect's settings (is a server configured?) and
+never starts its server. With
 no server configured, Prefect's ephemeral server is started in a background thread while the
 steps with work load their models, so the two waits overlap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import re
+import signal
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedpipe.dag import Dag
@@ -40,8 +45,9 @@ def quiet_run_logs(quiet: bool = True) -> None:
         logger.propagate = not quiet
 
 
-def tags_of(dag: Dag) -> list[str]:
-    return ["embedpipe", f"pipeline:{dag.spec.name}", f"spec:{dag.spec.hash[:8]}"]
+def tags_of(dag: Dag, spec_hash: str | None = None) -> list[str]:
+    spec = (spec_hash or dag.spec.hash)[:8]
+    return ["embedpipe", f"pipeline:{dag.spec.name}", f"spec:{spec}"]
 
 
 def run_flow(
@@ -60,7 +66,7 @@ def run_flow(
 
     quiet_run_logs(not prefect_logs)  # after the import: Prefect configures logging on import
 
-    starting = None if server_configured() else _start_ephemeral()
+    starting = None if server_configured() else _start_ephemeral(runner.ws.root)
     for name in dag.order:  # load models while the server starts
         if planner.results[name].estimated and planner.results[name].computed:
             dag.steps[name].setup(runner.context())
@@ -145,13 +151,40 @@ def _summary_artifact(dag: Dag, runner: Runner, result: RunResult) -> None:
         log.warning("could not attach the run summary to the flow run: %s", exc)
 
 
-def _start_ephemeral() -> threading.Thread:
+def _start_ephemeral(workspace: Path) -> threading.Thread:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # one per process; the client later finds it running
-    thread = threading.Thread(target=server.start, name="prefect-start", daemon=True)
+
+    def start() -> None:
+        server.start()
+        if server.server_process is not None:  # see stop_orphaned_server
+            (workspace / SERVER_PID).write_text(str(server.server_process.pid))
+
+    thread = threading.Thread(target=start, name="prefect-start", daemon=True)
     thread.start()
     return thread
+
+
+SERVER_PID = ".prefect-server.pid"
+
+
+def stop_orphaned_server(workspace: Path) -> None:
+    """Stop the ephemeral Prefect server a killed run left behind. Prefect stops it when the
+    run's process exits, but a SIGKILL gives it no chance, and the server would live on."""
+    path = workspace / SERVER_PID
+    try:
+        pid = int(path.read_text())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return
+    parent = int(stat.rsplit(")", 1)[1].split()[1])
+    if parent == 1 and b"prefect" in cmdline:  # orphaned: its run is gone
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    path.unlink(missing_ok=True)
 
 
 def _record_deferred(pipeline_flow: Any, dag: Dag, catalog: Catalog) -> None:
@@ -171,7 +204,7 @@ def _record_deferred(pipeline_flow: Any, dag: Dag, catalog: Catalog) -> None:
                     pipeline_flow,
                     name=f"{run['pipeline']}-{run['run_id']}",
                     parameters={"pipeline": run["pipeline"], "run_id": run["run_id"]},
-                    tags=[*tags_of(dag), "noop"],
+                    tags=[*tags_of(dag, run["spec_hash"]), "noop"],
                     state=Completed(
                         message=f"no-op run at {when}: nothing had changed, nothing was "
                         "committed (recorded when Prefect next started)"

@@ -126,6 +126,8 @@ class Runner:
             res.new = stats.get("new", res.new)
             res.changed = stats.get("changed", res.changed)
             res.commits = bool(stats.get("commits", 0))
+            if res.estimated:
+                res.estimated_seconds = self._estimate(step, res.computed)
             if "version" in stats:
                 self.version = stats["version"]
             if self.strict and ctx.skipped:
@@ -171,8 +173,6 @@ class Runner:
                 pass
         if not upstream:
             self._documents_diff(name, res)
-        if res.estimated:
-            res.estimated_seconds = self._estimate(step, res.computed)
 
     def _cache_for(self, name: str) -> StepCache | None:
         """A cache when the step declares key columns that its one input and its output have."""
@@ -282,6 +282,8 @@ class Runner:
 
     def _hint(self) -> str:
         spec = self.dag.spec.path
+        if self.planning and not self.write_caches:  # pipe plan: no catalog rows to point at
+            return f"pipe plan wrote nothing; fix it, then plan again: pipe plan {spec}"
         where = f"where run_id = '{self.run_id}'"
         return (
             "Nothing was committed; the index keeps its previous version. Inspect: "

@@ -7,6 +7,7 @@ commits a new version whose rows are those of the old one, so it can itself be u
 from __future__ import annotations
 
 import time
+import uuid
 from importlib import metadata
 from typing import Any
 
@@ -72,7 +73,7 @@ def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, An
         tbl.restore(to_version)
         retain(tbl, index_step(dag, step).config.retain)
         catalog = Catalog(ws.catalog_path)
-        run_id = f"{started:%Y%m%dT%H%M%S}-rollback"
+        run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}-rollback"
         catalog.start_run(
             run_id=run_id,
             pipeline=dag.spec.name,

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,36 @@ class Workspace:
         return self.root / "staging" / run_id
 
     def table_exists(self, table: str) -> bool:
-        return (self.lance_dir / f"{table}.lance").is_dir()
+        """A committed table: its folder holds at least one version manifest. A folder without
+        one is what a first write killed before its commit leaves behind."""
+        versions = self.lance_dir / f"{table}.lance" / "_versions"
+        return versions.is_dir() and any(versions.iterdir())
 
     def tables(self) -> list[str]:
         if not self.lance_dir.is_dir():
             return []
-        return sorted(p.stem for p in self.lance_dir.glob("*.lance") if p.is_dir())
+        return sorted(p.stem for p in self.lance_dir.glob("*.lance") if self.table_exists(p.stem))
+
+    def remove_uncommitted_tables(self) -> list[str]:
+        """Delete table folders with no committed version (called under the lock)."""
+        if not self.lance_dir.is_dir():
+            return []
+        gone = [p for p in self.lance_dir.glob("*.lance") if not self.table_exists(p.stem)]
+        for path in gone:
+            shutil.rmtree(path, ignore_errors=True)
+        return [p.stem for p in gone]
+
+    def versions_since(self, tables: list[str], since: datetime) -> int | None:
+        """The newest version of ``tables`` committed at or after ``since``, if any."""
+        newest = None
+        for table in tables:
+            if self.table_exists(table):
+                for v in self.connect().open_table(table).list_versions():
+                    at = v["timestamp"]
+                    at = at if at.tzinfo else at.replace(tzinfo=UTC)  # Lance stamps in UTC
+                    if at >= since and (newest is None or v["version"] > newest):
+                        newest = v["version"]
+        return newest
 
     def table_version(self, table: str) -> int:
         """The live version of ``table``; 0 when it does not exist."""
@@ -148,6 +173,7 @@ class LanceStore:
         built = self._ann(tbl, step, rows, stale=changed)
         if changed or built:
             retain(tbl, step.config.retain)  # type: ignore[attr-defined]
+        stats.pop("incoming", None)
         # Rows left as they were count as cached: computed + cached = rows_out.
         out = {**stats, "rows_out": rows, "cached": rows - stats["computed"]}
         if changed or built:
@@ -183,15 +209,16 @@ class PlanStore:
     def write(
         self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
     ) -> dict[str, int]:
-        if next(batches(), None) is None:
-            raise _no_rows(table)
         if not self.ws.table_exists(table):
             n = sum(b.num_rows for b in batches())
-            due = step.config.ann.type != "none" and n >= step.config.ann.min_rows  # type: ignore[attr-defined]
+            if not n:
+                raise _no_rows(table)
             stats = {"computed": n, "new": n, "changed": 0, "deleted": 0, "rows_out": n}
-            return {**stats, "cached": 0, "commits": int(n > 0 or due)}
+            return {**stats, "cached": 0, "commits": 1}
         tbl = self.ws.connect().open_table(table)
         stats = _diff(tbl, batches())
+        if not stats.pop("incoming"):
+            raise _no_rows(table)
         rows = tbl.count_rows() + stats["new"] - stats["deleted"]
         changed = bool(stats["computed"] or stats["deleted"])
         commits = changed or ann_due(tbl, step, rows, stale=False)
@@ -254,7 +281,10 @@ def _diff(tbl: Any, incoming: Iterator[pa.RecordBatch]) -> dict[str, int]:
             seen += old is not None
             new += old is None
             changed += old is not None and old != row_hash
-    return {"computed": new + changed, "new": new, "changed": changed, "deleted": len(have) - seen}
+    deleted = len(have) - seen
+    return {"computed": new + changed, "new": new, "changed": changed, "deleted": deleted} | {
+        "incoming": new + seen
+    }
 
 
 def _sub_vectors(dims: int) -> int:

@@ -64,8 +64,8 @@ class Index(Step):
       ann: {type: ivf_pq}        # or none (exact search, the default)
       retain: 10                 # table versions kept for pipe rollback
     ```
-    Each run commits one new table version: rows are upserted by chunk_id, and rows of chunks
-    that no longer exist are deleted in the same commit.
+    A run commits one new table version, or none when no row changed: rows are upserted by
+    chunk_id, and rows of chunks that no longer exist are deleted in the same commit.
     """
 
     type = "index"
