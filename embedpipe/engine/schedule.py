@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Any
 
 from prefect import flow
@@ -76,8 +77,14 @@ def serve(
     if on_ready:
         on_ready(deployment_id)
     # Ctrl-C stops the runner; the deployment stays, unpaused, for the next pipe schedule.
+    # SIGTERM (systemd's stop) takes the same way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner.start())
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def deploy(

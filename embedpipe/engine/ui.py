@@ -53,6 +53,9 @@ def start(port: int = 4200, host: str = "127.0.0.1", wait: float = 120.0) -> dic
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "ui.log"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    # The UI finds its API through these; `--port` alone leaves them at 127.0.0.1:4200.
+    env |= {"PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(port)}
+    env["PREFECT_UI_API_URL"] = f"http://{host}:{port}/api"
     prefect = Path(sys.executable).with_name("prefect")
     cmd = [str(prefect), "server", "start", "--host", host, "--port", str(port)]
     with log_path.open("ab") as log:
