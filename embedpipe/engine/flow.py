@@ -9,6 +9,7 @@ Prefect (see orchestrator.py); with a Prefect server configured, it is written a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -162,6 +163,14 @@ def execute(
         )  # fmt: skip
         prefect_state = None
         runner: Runner | None = None
+
+        def warm_up(name: str, res: StepResult) -> None:
+            """Changed documents mean work: start Prefect while the plan goes on."""
+            if not dag.steps[name].config.inputs() and (res.new or res.changed or res.deleted):
+                with contextlib.suppress(Exception):  # the flow starts it later, or reports why
+                    orchestrator.prestart(ws.root)
+
+        planner.on_step_done = warm_up
         try:
             try:
                 with planner.bars:
@@ -177,6 +186,7 @@ def execute(
             if result.noop and not orchestrator.server_configured():
                 result.steps = planner.results  # what the plan did is all there was
                 prefect_state = "deferred"
+                orchestrator.stop_prestarted()
                 if progress:
                     console.print(
                         "nothing to do: the index is up to date, so no new Lance version; "

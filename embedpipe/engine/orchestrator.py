@@ -66,7 +66,7 @@ def run_flow(
 
     quiet_run_logs(not prefect_logs)  # after the import: Prefect configures logging on import
 
-    starting = None if server_configured() else _start_ephemeral(runner.ws.root)
+    starting = prestart(runner.ws.root)
     for name in dag.order:  # load models while the server starts
         if planner.results[name].estimated and planner.results[name].computed:
             dag.steps[name].setup(runner.context())
@@ -151,19 +151,41 @@ def _summary_artifact(dag: Dag, runner: Runner, result: RunResult) -> None:
         log.warning("could not attach the run summary to the flow run: %s", exc)
 
 
-def _start_ephemeral(workspace: Path) -> threading.Thread:
+_starting: threading.Thread | None = None
+
+
+def prestart(workspace: Path) -> threading.Thread | None:
+    """Start Prefect's ephemeral server in a background thread, once per process, unless a
+    server is configured. Called as soon as a run knows it has work (its documents changed),
+    so the server's 6-8 s start overlaps the rest of the plan and the model load."""
+    global _starting
+    if _starting is None and not server_configured():
+        _starting = threading.Thread(
+            target=_start_ephemeral, args=(workspace,), name="prefect-start", daemon=True
+        )
+        _starting.start()
+    return _starting
+
+
+def stop_prestarted() -> None:
+    """Stop a server `prestart` started for a run that turned out to have nothing to do."""
+    global _starting
+    if _starting is None:
+        return
+    _starting.join()
+    _starting = None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().stop()
+
+
+def _start_ephemeral(workspace: Path) -> None:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # one per process; the client later finds it running
-
-    def start() -> None:
-        server.start()
-        if server.server_process is not None:  # see stop_orphaned_server
-            (workspace / SERVER_PID).write_text(str(server.server_process.pid))
-
-    thread = threading.Thread(target=start, name="prefect-start", daemon=True)
-    thread.start()
-    return thread
+    server.start()
+    if server.server_process is not None:  # see stop_orphaned_server
+        (workspace / SERVER_PID).write_text(str(server.server_process.pid))
 
 
 SERVER_PID = ".prefect-server.pid"

@@ -79,6 +79,7 @@ class Runner:
         self.results: dict[str, StepResult] = {n: StepResult() for n in dag.order}
         self.version: int | None = None  # the Lance version an index step committed
         self.used: dict[str, set[str]] = {}  # cache keys each cached step's input had
+        self.on_step_done: Callable[[str, StepResult], None] | None = None
 
     def path(self, step: str) -> Path:
         return self.staging / f"{step}.arrow"
@@ -147,6 +148,8 @@ class Runner:
             res.skipped = len(ctx.skipped)
             res.seconds = round(time.perf_counter() - t0, 3)
             self.bars.finish(name, res)
+        if self.on_step_done:
+            self.on_step_done(name, res)
         return res
 
     def _run(self, step: Step, ctx: StepContext, res: StepResult) -> None:
