@@ -163,12 +163,13 @@ def execute(
         )  # fmt: skip
         prefect_state = None
         runner: Runner | None = None
+        prestarted: list[bool] = []
 
         def warm_up(name: str, res: StepResult) -> None:
             """Changed documents mean work: start Prefect while the plan goes on."""
             if not dag.steps[name].config.inputs() and (res.new or res.changed or res.deleted):
                 with contextlib.suppress(Exception):  # the flow starts it later, or reports why
-                    orchestrator.prestart(ws.root)
+                    prestarted.append(orchestrator.prestart(ws.root))
 
         planner.on_step_done = warm_up
         try:
@@ -186,7 +187,8 @@ def execute(
             if result.noop and not orchestrator.server_configured():
                 result.steps = planner.results  # what the plan did is all there was
                 prefect_state = "deferred"
-                orchestrator.stop_prestarted()
+                if any(prestarted):
+                    orchestrator.stop_prestarted()
                 if progress:
                     console.print(
                         "nothing to do: the index is up to date, so no new Lance version; "

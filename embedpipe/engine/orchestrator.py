@@ -66,7 +66,8 @@ def run_flow(
 
     quiet_run_logs(not prefect_logs)  # after the import: Prefect configures logging on import
 
-    starting = prestart(runner.ws.root)
+    prestart(runner.ws.root)
+    starting = _starting
     for name in dag.order:  # load models while the server starts
         if planner.results[name].estimated and planner.results[name].computed:
             dag.steps[name].setup(runner.context())
@@ -154,21 +155,24 @@ def _summary_artifact(dag: Dag, runner: Runner, result: RunResult) -> None:
 _starting: threading.Thread | None = None
 
 
-def prestart(workspace: Path) -> threading.Thread | None:
+def prestart(workspace: Path) -> bool:
     """Start Prefect's ephemeral server in a background thread, once per process, unless a
-    server is configured. Called as soon as a run knows it has work (its documents changed),
-    so the server's 6-8 s start overlaps the rest of the plan and the model load."""
+    server is configured; True when this call started it. Called as soon as a run knows it has
+    work (its documents changed), so the server's 6-8 s start overlaps the rest of the plan
+    and the model load."""
     global _starting
-    if _starting is None and not server_configured():
-        _starting = threading.Thread(
-            target=_start_ephemeral, args=(workspace,), name="prefect-start", daemon=True
-        )
-        _starting.start()
-    return _starting
+    if _starting is not None or server_configured():
+        return False
+    _starting = threading.Thread(
+        target=_start_ephemeral, args=(workspace,), name="prefect-start", daemon=True
+    )
+    _starting.start()
+    return True
 
 
 def stop_prestarted() -> None:
-    """Stop a server `prestart` started for a run that turned out to have nothing to do."""
+    """Stop the server `prestart` just started for a run that turned out to have nothing to
+    do (only then: a server an earlier run in this process used stays up for the next)."""
     global _starting
     if _starting is None:
         return
