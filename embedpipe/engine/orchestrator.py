@@ -110,13 +110,27 @@ def run_flow(
 
     _record_deferred(pipeline_flow, dag, catalog)
     # Tags entered outside the flow call land on the flow run and its task runs.
-    with tags(*tags_of(dag)):
-        pipeline_flow(
-            pipeline=pipeline,
-            spec=str(dag.spec.path),
-            spec_hash=dag.spec.hash,
-            run_id=result.run_id,
-        )
+    try:
+        with tags(*tags_of(dag)):
+            pipeline_flow(
+                pipeline=pipeline,
+                spec=str(dag.spec.path),
+                spec_hash=dag.spec.hash,
+                run_id=result.run_id,
+            )
+    finally:
+        _flush()
+
+
+def _flush() -> None:
+    """Send the run's queued logs and events now, while the server is surely up: at exit they
+    would race the ephemeral server's shutdown (and retry against a closed port)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=5, at_exit=False)
 
 
 def _summary_artifact(dag: Dag, runner: Runner, result: RunResult) -> None:
