@@ -17,6 +17,7 @@ from embedpipe.steps.base import StepContext
 from embedpipe.steps.chunk import Chunk
 from embedpipe.steps.encode import Encode
 from embedpipe.steps.ingest import content_hash
+from tests.conftest import CORPUS
 
 Rows = list[dict[str, Any]]
 
@@ -493,3 +494,27 @@ def test_room_is_left_for_a_title_the_encoder_prepends(tmp_path: Path) -> None:
             assert max(lengths) <= 64
         else:
             assert max(r["n_tokens"] for r in rows) <= 64 < max(lengths)
+
+
+def test_rust_tokenizer_matches_transformers() -> None:
+    """The chunker loads tokenizer.json with `tokenizers` (no transformers import); it must
+    count exactly what the encoder's transformers tokenizer counts, offsets included."""
+    from transformers import AutoTokenizer
+
+    ref = models.resolve(models.DEFAULT_MODEL, Path("."))
+    ours = models.tokenizer(ref)
+    assert isinstance(ours, models.RustTokenizer)
+    theirs = AutoTokenizer.from_pretrained(ref.location, use_fast=True)
+    texts = [d["text"] for d in CORPUS] + [
+        "Ünïcödé façade — naïve café",
+        "A\tB\nC  D",
+        "😀 emoji, <b>html</b> &amp; 1.e4 c5",
+        "word " * 400,
+    ]
+    a = ours(texts, add_special_tokens=False, return_offsets_mapping=True)
+    b = theirs(texts, add_special_tokens=False, return_offsets_mapping=True)
+    assert a["input_ids"] == b["input_ids"]
+    assert [[tuple(o) for o in x] for x in a["offset_mapping"]] == [
+        [tuple(o) for o in x] for x in b["offset_mapping"]
+    ]
+    assert ours.num_special_tokens_to_add() == theirs.num_special_tokens_to_add()
