@@ -364,10 +364,11 @@ def _version(package: str) -> str:
         return "?"
 
 
-def command_line() -> str:
+def command_line(script: str = __file__) -> str:
+    """How this run was started, paths relative to the repository: `.venv/bin/python bench/X`."""
     python = Path(sys.executable)
     shown = os.path.relpath(python, ROOT) if python.is_relative_to(ROOT) else str(python)
-    return shlex.join([shown, os.path.relpath(Path(__file__).resolve(), ROOT), *sys.argv[1:]])
+    return shlex.join([shown, os.path.relpath(Path(script).resolve(), ROOT), *sys.argv[1:]])
 
 
 def section(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from typing import Any
 from encode_overhead import (
     BenchError,
     Measured,
+    command_line,
     index_table,
     last_json,
     load_average,
@@ -367,12 +367,6 @@ def print_report(
         console.print(f"{label}: {note}", highlight=False)
 
 
-def command_line() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, ROOT) if python.is_relative_to(ROOT) else str(python)
-    return shlex.join([shown, os.path.relpath(Path(__file__).resolve(), ROOT), *sys.argv[1:]])
-
-
 def section(
     args: argparse.Namespace,
     info: dict[str, str],
@@ -400,7 +394,7 @@ def section(
         scope,
         "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Command: `{command_line()}`",
+        f"- Command: `{command_line(__file__)}`",
         f"- Machine: {info['uname']}; {info['cpu']}; Python {info['python']}",
         f"- Versions: {info['versions']}",
         f"- Load average (1, 5, 15 min) at the start: {loads[0]}; at the end: {loads[1]}",

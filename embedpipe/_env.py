@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 DEFAULTS: dict[str, str] = {
     # Prefect: no analytics, no telemetry; nothing leaves loopback.
@@ -28,8 +29,8 @@ def home() -> Path:
     return Path(os.environ.get("EMBEDPIPE_HOME") or Path.home() / ".embedpipe")
 
 
-def ui_url() -> str | None:
-    """The API URL of the server `pipe ui` started, while its process lives."""
+def ui_state() -> dict[str, Any] | None:
+    """What `pipe ui` recorded of the server it started, while that process lives."""
     try:
         state = json.loads((home() / "ui.json").read_text())
         os.kill(int(state["pid"]), 0)
@@ -39,7 +40,13 @@ def ui_url() -> str | None:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return str(state["api_url"])
+    return state if isinstance(state, dict) else None
+
+
+def ui_url() -> str | None:
+    """The API URL of the server `pipe ui` started, while its process lives."""
+    state = ui_state()
+    return str(state["api_url"]) if state else None
 
 
 USER_API_URL = os.environ.get("PREFECT_API_URL")  # the user's own, before apply() sets one

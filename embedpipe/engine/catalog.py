@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +55,11 @@ STALE_COMMITTED = (
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def new_run_id(at: datetime | None = None) -> str:
+    """``20261123T221137-21b1b1``: when it started (UTC), then random, so ids sort by time."""
+    return f"{at or now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 class Catalog:

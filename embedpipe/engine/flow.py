@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from rich.console import Console
 
 from embedpipe.dag import Dag
 from embedpipe.engine import orchestrator
-from embedpipe.engine.catalog import STALE_COMMITTED, Catalog, now
+from embedpipe.engine.catalog import STALE_COMMITTED, Catalog, new_run_id, now
 from embedpipe.engine.progress import RunProgress, plan_table
 from embedpipe.engine.runner import Runner, StepResult, index_tables, reason
 from embedpipe.engine.workspace import Workspace
@@ -75,16 +74,6 @@ class Plan:
             "noop": self.noop,
             "steps": {n: {k: getattr(s, k) for k in keys} for n, s in self.steps.items()},
         }
-
-
-def new_run_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid4_hex()}"
-
-
-def uuid4_hex() -> str:
-    import uuid
-
-    return uuid.uuid4().hex[:6]
 
 
 def plan(dag: Dag, *, console: Console | None = None, progress: bool = True) -> Plan:

@@ -53,20 +53,11 @@ def serve(
     from prefect import get_client
     from prefect.deployments.runner import EntrypointType
     from prefect.runner import Runner
-    from prefect.schedules import Cron
 
     runner = Runner(name=f"embedpipe-{pipeline}", pause_on_shutdown=False)
     deployment_id = runner.add_flow(
         scheduled_run,
-        name=pipeline,
-        schedules=[Cron(cron, timezone=timezone)],
-        parameters={
-            "pipeline": pipeline,
-            "spec": spec,
-            "overrides": overrides or [],
-            "workspace": workspace,
-        },
-        tags=["embedpipe", f"pipeline:{pipeline}"],
+        **_deployment(pipeline, spec, cron, timezone, overrides, workspace),
         description=f"embedpipe pipeline {pipeline} ({spec}), on cron '{cron}' ({timezone})",
         entrypoint_type=EntrypointType.MODULE_PATH,
         paused=False,
@@ -81,6 +72,30 @@ def serve(
     signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner.start())
+
+
+def _deployment(
+    pipeline: str,
+    spec: str,
+    cron: str,
+    timezone: str,
+    overrides: list[str] | None,
+    workspace: str | None,
+) -> dict[str, Any]:
+    """What a served and a work-pool deployment share: name, schedule, parameters, tags."""
+    from prefect.schedules import Cron
+
+    return {
+        "name": pipeline,
+        "schedules": [Cron(cron, timezone=timezone)],
+        "parameters": {
+            "pipeline": pipeline,
+            "spec": spec,
+            "overrides": overrides or [],
+            "workspace": workspace,
+        },
+        "tags": ["embedpipe", f"pipeline:{pipeline}"],
+    }
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -103,23 +118,14 @@ def deploy(
     from pathlib import Path
 
     from prefect import flow as prefect_flow
-    from prefect.schedules import Cron
 
     package_root = Path(__file__).resolve().parents[2]
     source = prefect_flow.from_source(
         source=str(package_root), entrypoint="embedpipe/engine/schedule.py:scheduled_run"
     )
     deployment_id = source.deploy(
-        name=pipeline,
+        **_deployment(pipeline, spec, cron, timezone, overrides, workspace),
         work_pool_name=pool,
-        schedules=[Cron(cron, timezone=timezone)],
-        parameters={
-            "pipeline": pipeline,
-            "spec": spec,
-            "overrides": overrides or [],
-            "workspace": workspace,
-        },
-        tags=["embedpipe", f"pipeline:{pipeline}"],
         build=False,
         push=False,
         print_next_steps=False,

@@ -28,12 +28,7 @@ def _state_path() -> Path:
 
 
 def _state() -> dict[str, Any] | None:
-    try:
-        state = json.loads(_state_path().read_text())
-        os.kill(int(state["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return state  # type: ignore[no-any-return]
+    return _env.ui_state()
 
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:

@@ -7,12 +7,11 @@ commits a new version whose rows are those of the old one, so it can itself be u
 from __future__ import annotations
 
 import time
-import uuid
 from importlib import metadata
 from typing import Any
 
 from embedpipe.dag import Dag
-from embedpipe.engine.catalog import Catalog, now
+from embedpipe.engine.catalog import Catalog, new_run_id, now
 from embedpipe.engine.query import index_step
 from embedpipe.engine.workspace import Workspace, retain
 from embedpipe.errors import EmbedpipeError, NotIndexed
@@ -73,7 +72,7 @@ def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, An
         tbl.restore(to_version)
         retain(tbl, index_step(dag, step).config.retain)
         catalog = Catalog(ws.catalog_path)
-        run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}-rollback"
+        run_id = f"{new_run_id(started)}-rollback"
         catalog.start_run(
             run_id=run_id,
             pipeline=dag.spec.name,
