@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from embedpipe import registry
 from embedpipe.errors import SpecError, SpecIssue
-from embedpipe.schemas import kind, mismatches
+from embedpipe.schemas import CATALOG_VIEWS, SQL_RESERVED, kind, mismatches
 from embedpipe.spec import Spec
 from embedpipe.spec import load as spec_load
 from embedpipe.spec.load import dotted
@@ -76,6 +76,7 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
         steps[name].upstream = [steps[u] for u in ups]
         for u in ups:
             steps[u].downstream.append(steps[name])
+    _check_tables(spec, steps, issues)
 
     try:
         order = list(graphlib.TopologicalSorter(graph).static_order())
@@ -107,6 +108,46 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
     if issues:
         raise SpecError(issues)
     return Dag(spec, steps, order, written)
+
+
+def _check_tables(spec: Spec, steps: dict[str, Step], issues: list[SpecIssue]) -> None:
+    """Every table a step writes becomes a view of the same name in `pipe sql`, beside the
+    catalog's views: it must not hide one of them, be a word SQL reserves, or be another step's.
+
+    A step that writes a table has ``table_name(pipeline)``; its config's ``table`` names it, or
+    else the pipeline's ``name`` does, and the problem is reported at whichever one it was."""
+    owner: dict[str, str] = {}
+    for name, step in steps.items():
+        table_name = getattr(step, "table_name", None)
+        if not callable(table_name):
+            continue
+        table = table_name(spec.name)
+        own = getattr(step.config, "table", None) is not None
+        where: tuple[str, ...] = ("steps", name, "table") if own else ("name",)
+        came = "" if own else f"step '{name}' ({step.type}) takes its table name from `name`: "
+        low = table.lower()
+        if low in CATALOG_VIEWS:
+            why = (
+                f"'{table}' is the name of a run catalog view in `pipe sql` "
+                f"({', '.join(CATALOG_VIEWS)}), which a table of that name would hide"
+            )
+        elif low in SQL_RESERVED:
+            why = (
+                f"'{table}' is a reserved word in DuckDB SQL, so `pipe sql` could not name the "
+                f"table as written (`select * from {table}` is a syntax error)"
+            )
+        elif low in owner:
+            why = (
+                f"table '{table}' is already written by step '{owner[low]}' (`pipe sql` "
+                "compares table names case-insensitively); each step needs a table of its own"
+            )
+        else:
+            owner[low] = name
+            continue
+        on = "" if own else f" on step '{name}'"
+        eg = "" if low in owner else f", e.g. {table}_index"
+        fix = f"set `table:`{on} to another name{eg}"
+        issues.append(spec.issue(where, f"{dotted(where)}: {came}{why}; {fix}"))
 
 
 def _mismatch(link: Link, upstream: Step, step: Step, required: pa.Schema | None) -> str | None:

@@ -103,6 +103,33 @@ def _row_values(col: pa.Array | pa.ChunkedArray) -> list[bytes]:
 ROW_HASH_SKIP = ("spec_hash", "run_id", "row_hash")
 
 
+# Names `pipe sql` gives the run catalog's views. An index table is a view of its own name
+# beside them, so it may not take one of these (it would hide the catalog's).
+CATALOG_VIEWS = ("runs", "step_runs", "skipped")
+
+# DuckDB keywords that cannot name a table unquoted (`select * from full` is a syntax error): its
+# categories 'reserved' and 'type_function' (full, left, join, ...), written out from
+#   select keyword_name from duckdb_keywords()
+#   where keyword_category in ('reserved', 'type_function')
+# (DuckDB 2.0.1) because only the engine may import duckdb; a test checks it still matches.
+# fmt: off
+SQL_RESERVED = frozenset({
+    "all", "analyse", "analyze", "and", "anti", "any", "array", "as", "asc", "asof", "asymmetric",
+    "at", "authorization", "binary", "both", "by", "case", "cast", "check", "collate", "collation",
+    "column", "columns", "concurrently", "constraint", "create", "cross", "default", "deferrable",
+    "desc", "describe", "distinct", "do", "else", "end", "except", "false", "fetch", "for",
+    "foreign", "freeze", "from", "full", "generated", "glob", "group", "having", "ilike", "in",
+    "initially", "inner", "intersect", "into", "is", "isnull", "join", "lambda", "lateral",
+    "leading", "left", "like", "limit", "map", "natural", "not", "notnull", "null", "offset", "on",
+    "only", "or", "order", "outer", "overlaps", "pivot", "pivot_longer", "pivot_wider", "placing",
+    "positional", "primary", "qualify", "references", "returning", "right", "select", "semi",
+    "show", "similar", "some", "struct", "summarize", "symmetric", "table", "tablesample", "then",
+    "to", "trailing", "true", "try_cast", "tuple", "union", "unique", "unpack", "unpivot", "using",
+    "variadic", "verbose", "when", "where", "window", "with"
+})
+# fmt: on
+
+
 def kind(schema: pa.Schema) -> str:
     meta = schema.metadata or {}
     return meta.get(b"embedpipe.kind", b"table").decode()

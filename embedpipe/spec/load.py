@@ -1,9 +1,11 @@
-"""Load a spec: YAML with positions → env interpolation → --set overrides → two-stage
-validation. Every problem is collected and reported at once as ``file:line:col: message``."""
+"""Load a spec: YAML with positions (bounded: see ``yamlpos``) → --set overrides → env
+interpolation of what was not overridden → two-stage validation. Every problem is collected and
+reported at once as ``file:line:col: message``."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -17,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from embedpipe import registry
 from embedpipe.errors import SpecError, SpecIssue
 from embedpipe.spec.models import PipelineSpec
-from embedpipe.spec.yamlpos import Path_, Positions
+from embedpipe.spec.yamlpos import MAX_SPEC_BYTES, Path_, Positions, SpecLimit
 from embedpipe.spec.yamlpos import load as load_yaml
 from embedpipe.steps.base import Step, StepConfig
 
@@ -83,11 +85,7 @@ def load(
     """
     path = Path(path)
     shown = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SpecError([SpecIssue(shown, 1, 1, f"cannot read spec: {reason}")]) from exc
+    text = _read(path, shown)
     try:
         data, pos = load_yaml(text, shown)
     except yaml.MarkedYAMLError as exc:
@@ -98,13 +96,14 @@ def load(
         if exc.context and exc.context_mark and exc.context_mark is not mark:
             cm = exc.context_mark
             where = f" ({exc.context} at {cm.line + 1}:{cm.column + 1})"
+        what = exc.problem if isinstance(exc, SpecLimit) else f"invalid YAML: {exc.problem or exc}"
         raise SpecError(
             [
                 SpecIssue(
                     shown,
                     line,
                     col,
-                    f"invalid YAML: {exc.problem or exc}{where}",
+                    f"{what}{where}",
                     lines[line - 1] if 0 < line <= len(lines) else None,
                 )
             ]
@@ -114,11 +113,15 @@ def load(
             [SpecIssue(shown, 1, 1, "a spec must be a YAML mapping with `name` and `steps`")]
         )
     issues: list[SpecIssue] = []
-    data = _interpolate(data, (), pos, issues)
-    if issues:  # an unexpanded ${VAR} would only cause confusing follow-on errors
-        raise SpecError(issues)
-    for item in overrides or []:
-        _override(data, item, pos, issues)
+    # Overrides first, so --set (and --workspace) can supply what an unset ${VAR} would have;
+    # what they set is taken literally.
+    overridden = {p for item in overrides or [] if (p := _override(data, item, pos, issues))}
+    if workspace:
+        overridden.add(("workspace",))
+    unset: list[SpecIssue] = []
+    data = _interpolate(data, (), pos, unset, overridden)
+    if unset:  # an unexpanded ${VAR} would only cause confusing follow-on errors
+        raise SpecError(issues + unset)
 
     spec = _validate(PipelineSpec, data, (), pos, issues)
     if spec is None:
@@ -141,6 +144,30 @@ def load(
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
     invalid = frozenset(spec.steps) - frozenset(steps)
     return Spec(path.resolve(), spec, steps, pos, ws.resolve(), digest, tuple(issues), invalid)
+
+
+def _read(path: Path, shown: str) -> str:
+    """The spec's text, as ``Path.read_text`` reads it, but never more than the cap from disk."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+        if len(raw) <= MAX_SPEC_BYTES:
+            return io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SpecError([SpecIssue(shown, 1, 1, f"cannot read spec: {reason}")]) from exc
+    raise SpecError(
+        [
+            SpecIssue(
+                shown,
+                1,
+                1,
+                f"spec file is larger than {MAX_SPEC_BYTES // 1024} KiB ({MAX_SPEC_BYTES:,} "
+                "bytes), the most a spec may be; a spec names its sources (files, directories "
+                "or globs) rather than holding data",
+            )
+        ]
+    )
 
 
 def _validate_step(
@@ -249,11 +276,16 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _interpolate(node: Any, path: Path_, pos: Positions, issues: list[SpecIssue]) -> Any:
+def _interpolate(
+    node: Any, path: Path_, pos: Positions, issues: list[SpecIssue], keep: set[Path_]
+) -> Any:
+    """Expand ``${VAR}`` in every string but those at (or under) a path in ``keep``."""
+    if path in keep:
+        return node
     if isinstance(node, dict):
-        return {k: _interpolate(v, (*path, k), pos, issues) for k, v in node.items()}
+        return {k: _interpolate(v, (*path, k), pos, issues, keep) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, (*path, i), pos, issues) for i, v in enumerate(node)]
+        return [_interpolate(v, (*path, i), pos, issues, keep) for i, v in enumerate(node)]
     if not isinstance(node, str) or "${" not in node:
         return node
 
@@ -277,8 +309,11 @@ def _interpolate(node: Any, path: Path_, pos: Positions, issues: list[SpecIssue]
     return _ENV.sub(sub, node)
 
 
-def _override(data: dict[str, Any], item: str, pos: Positions, issues: list[SpecIssue]) -> None:
-    """Apply one ``dotted.key=value``; the value is read as YAML (``64`` is an int)."""
+def _override(
+    data: dict[str, Any], item: str, pos: Positions, issues: list[SpecIssue]
+) -> Path_ | None:
+    """Apply one ``dotted.key=value``; the value is read as YAML (``64`` is an int). Returns
+    the path it set, or None (with an issue) when it could not."""
     key, sep, raw = item.partition("=")
     parts = [p for p in key.strip().split(".")]
     if not sep or not all(parts):
@@ -290,8 +325,12 @@ def _override(data: dict[str, Any], item: str, pos: Positions, issues: list[Spec
                 f"'{item}': expected dotted.key=value, e.g. steps.chunks.max_tokens=128",
             )
         )
-        return
-    value = _parse_value(raw)
+        return None
+    try:
+        value = _parse_value(raw)
+    except SpecLimit as exc:
+        issues.append(SpecIssue("--set", 1, 1, f"--set {key}: {exc.problem}"))
+        return None
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = node.get(part) if isinstance(node, dict) else None
@@ -305,14 +344,22 @@ def _override(data: dict[str, Any], item: str, pos: Positions, issues: list[Spec
                     f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping",
                 )
             )
-            return
+            return None
         node = nxt
     node[parts[-1]] = value
+    return tuple(parts)
 
 
 def _parse_value(raw: str) -> Any:
     """``64`` → int, ``true`` → bool, ``[a, b]`` → list; anything else stays a string
-    (so ``query: `` is the prompt text, not a one-key mapping)."""
+    (so ``query: `` is the prompt text, not a one-key mapping). Raises ``SpecLimit`` on a value
+    past the spec's bounds (an alias bomb, deep nesting), like a spec file."""
+    try:
+        load_yaml(raw, "--set")  # only for its bounds: the value is read as it always was
+    except SpecLimit:
+        raise
+    except yaml.YAMLError:
+        pass
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -36,8 +36,9 @@ class IndexConfig(StepConfig):
     table: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Lance table name "
-        "(default: the pipeline name); also its view name in `pipe sql`.",
+        description="Lance table name (default: the pipeline name); also its view name in "
+        "`pipe sql`, so not runs, step_runs, skipped, a DuckDB reserved word or another index "
+        "step's table.",
     )
     metric: Literal["cosine", "dot", "l2"] = Field("cosine", description="Vector distance.")
     dims: int | None = Field(
