@@ -14,9 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
+from typer.exceptions import TyperException
 
 from embedpipe import _env
-from embedpipe.errors import EmbedpipeError, NotIndexed, SpecError
+from embedpipe.errors import EXIT_MEANINGS, EmbedpipeError, NotIndexed, SpecError
 
 app = typer.Typer(
     name="pipe",
@@ -42,11 +43,29 @@ WsOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+_JSON = False  # the command line asked for --json: every exit prints one JSON object
+
+
+def _failure_json(error: str, code: int, kind: str, **extra: Any) -> None:
+    """What `--json` prints when a command fails: one object, whatever went wrong."""
+    meaning = EXIT_MEANINGS.get(code, "failed")
+    body = {"status": "failed", "error": error, "error_type": kind, "exit_code": code}
+    print(_dump({**body, "meaning": meaning, **extra}), flush=True)
+
+
 def _fail(exc: EmbedpipeError) -> typer.Exit:
     if isinstance(exc, SpecError):
         err.print(exc.render(excerpt=False), markup=False, highlight=False)
     else:
         err.print(f"error: {exc}", markup=False, highlight=False)
+    if _JSON:
+        extra: dict[str, Any] = {}
+        if isinstance(exc, SpecError):
+            extra["errors"] = [
+                {"file": i.file, "line": i.line, "col": i.col, "message": i.message}
+                for i in exc.issues
+            ]
+        _failure_json(str(exc), exc.exit_code, type(exc).__name__, **extra)
     return typer.Exit(exc.exit_code)
 
 
@@ -152,18 +171,24 @@ def run(
     (err if as_json else out).print(summary(result))
     if result.error:
         err.print(f"error: {result.error}", markup=False, highlight=False)
-    elif result.skipped:
+    if result.warning:
+        err.print(
+            f"{'error' if result.record_lost else 'warning'}: {result.warning}",
+            markup=False,
+            highlight=False,
+        )
+    if result.skipped and not result.error:
         err.print(
             f"{result.skipped} input(s) skipped; reasons: pipe sql {spec} "
             f"\"select step, item, reason from skipped where run_id = '{result.run_id}'\"",
             markup=False,
             highlight=False,
         )
+    code = 1 if result.status != "completed" or result.record_lost else 0
+    code = code or (SKIPPED_EXIT if result.skipped else 0)
     if as_json:
-        print(_dump(result.to_json()))
-    if result.status != "completed":
-        raise typer.Exit(1)
-    raise typer.Exit(SKIPPED_EXIT if result.skipped else 0)
+        print(_dump({**result.to_json(), "exit_code": code, "meaning": EXIT_MEANINGS[code]}))
+    raise typer.Exit(code)
 
 
 SKIPPED_EXIT = 3  # completed, but some inputs were skipped
@@ -279,7 +304,7 @@ def _cell(v: Any) -> str:
 @app.command()
 def runs(
     spec: SpecArg,
-    limit: Annotated[int, typer.Option("-n", help="How many runs.")] = 20,
+    limit: Annotated[int, typer.Option("-n", min=1, help="How many runs (at least 1).")] = 20,
     versions: Annotated[
         bool, typer.Option("--versions", help="With --json: the index versions instead.")
     ] = False,
@@ -370,6 +395,8 @@ def rollback(
             f"[green]✓[/] {done['table']}: v{done['to_version']} is live again as "
             f"v{done['lance_version']} ({done['rows']} rows; was v{done['from_version']})"
         )
+    if done.get("warning"):
+        err.print(f"warning: {done['warning']}", markup=False, highlight=False)
 
 
 @app.command()
@@ -521,17 +548,52 @@ def schema(
         print(text)
 
 
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+
+
 def main() -> None:
+    """`pipe`: every failure ends as one sentence on stderr (and, with --json, one JSON object
+    on stdout) with an exit code from ``EXIT_MEANINGS``; never a bare traceback."""
+    global _JSON
+    _JSON = _wants_json(sys.argv[1:])
     code = 0
     try:
-        app()
-    except KeyboardInterrupt:
+        rv = app(standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except TyperException as exc:  # a bad option or argument: click says which
+        exc.show()  # type: ignore[attr-defined]
+        code = exc.exit_code  # type: ignore[attr-defined]
+        if _JSON:
+            _failure_json(exc.format_message(), code, "UsageError")  # type: ignore[attr-defined]
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted; nothing was committed by the interrupted step")
         code = 130
+        if _JSON:
+            _failure_json("interrupted (Ctrl-C)", code, "Interrupted")
+    except EmbedpipeError as exc:
+        code = _fail(exc).exit_code
     except SystemExit as exc:
         if isinstance(exc.code, str):
             err.print(exc.code, markup=False)
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:  # a bug: say so in one line; the traceback on request
+        code = 1
+        what = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        err.print(
+            f"internal error: {what}. This is a bug in embedpipe (or a library it uses); "
+            "please report it with the command line. Set EMBEDPIPE_DEBUG=1 for the traceback.",
+            markup=False,
+            highlight=False,
+        )
+        if os.environ.get("EMBEDPIPE_DEBUG"):
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        if _JSON:
+            _failure_json(what, code, "InternalError")
     # Exit without tearing down the interpreter: freeing torch, Lance and Prefect objects one by
     # one takes ~2 s and writes nothing. Exit handlers (Prefect stopping its server, flushing
     # its logs) still run first, and every file we write is closed by then.

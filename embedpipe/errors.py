@@ -59,3 +59,71 @@ class StepFailed(EmbedpipeError):
 
 class NotIndexed(EmbedpipeError):
     """Search or SQL asked for a table that no run has written yet."""
+
+
+class UsageError(EmbedpipeError):
+    """A command-line argument that cannot be used (exit 2, like an invalid spec)."""
+
+    exit_code = 2
+
+
+class WorkspaceBusy(EmbedpipeError):
+    """Another run of the pipeline holds the workspace lock."""
+
+
+class WorkspaceNotWritable(EmbedpipeError):
+    """The workspace (or a file in it) cannot be written: permissions, a read-only mount."""
+
+    def __init__(self, root: object, reason: str) -> None:
+        super().__init__(
+            f"workspace {root} is not writable ({reason}); nothing was changed. Make it "
+            "writable (e.g. chmod -R u+w on it), or run with --workspace DIR"
+        )
+
+
+class CatalogBusy(EmbedpipeError):
+    """Another process holds the run catalog's DuckDB file for longer than a run waits."""
+
+
+class CatalogDamaged(EmbedpipeError):
+    """The run catalog's DuckDB file cannot be opened as a database."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(
+            f"the run catalog {path} is damaged ({reason}). The index and its caches are "
+            f"intact; move the catalog aside and the next run starts a new one (the run "
+            f"history is lost): mv {path} {path}.damaged"
+        )
+
+
+class CatalogWriteFailed(EmbedpipeError):
+    """A run's record could not be written to the catalog, nor kept for a later write."""
+
+
+class IndexDamaged(EmbedpipeError):
+    """An index table's files on disk are missing or unreadable."""
+
+    def __init__(self, table: str, path: object, reason: str, spec: object) -> None:
+        self.table = table
+        super().__init__(
+            f"index table '{table}' is damaged: {reason}. Rebuild it from the step caches "
+            f"(nothing is re-encoded): mv {path} {path}.damaged && pipe run {spec}"
+        )
+
+
+class PrefectUnreachable(EmbedpipeError):
+    """The configured Prefect server does not answer."""
+
+
+class InternalError(EmbedpipeError):
+    """An unexpected exception: a bug in embedpipe (or a library it uses)."""
+
+
+# What each exit code of `pipe` means; `--json` output carries it as "meaning".
+EXIT_MEANINGS = {
+    0: "completed",
+    1: "failed: nothing was committed by the failed step; the index keeps its last version",
+    2: "invalid spec or command-line usage: nothing was run",
+    3: "completed, but some inputs were skipped (reasons in the catalog's skipped table)",
+    130: "interrupted (Ctrl-C): nothing was committed by the interrupted step",
+}

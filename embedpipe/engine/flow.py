@@ -21,10 +21,11 @@ from rich.console import Console
 from embedpipe.dag import Dag
 from embedpipe.engine import orchestrator
 from embedpipe.engine.catalog import STALE_COMMITTED, Catalog, new_run_id, now
+from embedpipe.engine.crash import crash_point
 from embedpipe.engine.progress import RunProgress, plan_table
 from embedpipe.engine.runner import Runner, StepResult, index_tables, reason
-from embedpipe.engine.workspace import Workspace
-from embedpipe.errors import StepFailed
+from embedpipe.engine.workspace import Workspace, not_writable
+from embedpipe.errors import IndexDamaged, StepFailed, WorkspaceNotWritable
 from embedpipe.steps.encode import Encode
 
 __all__ = ["RunResult", "StepResult", "execute", "plan"]
@@ -42,6 +43,9 @@ class RunResult:
     error: str | None = None
     seconds: float = 0.0
     noop: bool = False  # nothing to do: nothing was computed or committed, Prefect not started
+    # The catalog refused the run's record (busy, damaged, full disk): where it went instead.
+    warning: str | None = None
+    record_lost: bool = False  # ... and it could not be kept for later either
 
     @property
     def skipped(self) -> int:
@@ -57,6 +61,7 @@ class RunResult:
             "lance_version": self.lance_version or self.live_version,
             "steps": {n: {k: getattr(s, k) for k in keys} for n, s in self.steps.items()},
             **({"error": self.error} if self.error else {}),
+            **({"warning": self.warning} if self.warning else {}),
         }
 
 
@@ -80,7 +85,7 @@ def plan(dag: Dag, *, console: Console | None = None, progress: bool = True) -> 
     """What a run would do, per step, writing nothing: no table, cache or catalog row."""
     import tempfile
 
-    ws = Workspace(dag.spec.workspace)
+    ws = Workspace(dag.spec.workspace, dag.spec.path)
     console = console or Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="embedpipe-plan-") as tmp:
         bars = RunProgress(
@@ -113,15 +118,19 @@ def execute(
 ) -> RunResult:
     """Run ``dag`` once; always returns a result (status failed on error) and records it."""
     spec = dag.spec
-    ws = Workspace(spec.workspace)
+    ws = Workspace(spec.workspace, spec.path)
     console = console or Console(stderr=True)
     tables = index_tables(dag)
     models = sorted({s.config.model for s in dag.steps.values() if isinstance(s, Encode)})
     with ws.lock(spec.name):
-        ws.clear_staging()  # left by a run that was killed
-        ws.remove_uncommitted_tables()  # a first write killed before its commit
+        try:
+            ws.clear_staging()  # left by a run that was killed
+            ws.remove_uncommitted_tables()  # a first write killed before its commit
+        except OSError as exc:
+            raise WorkspaceNotWritable(ws.root, f"{exc.strerror or exc}: {exc.filename}") from None
+        orchestrator.check_server()  # a configured server that does not answer: fail now
         orchestrator.stop_orphaned_server(ws.root)
-        catalog = Catalog(ws.catalog_path)
+        catalog = Catalog(ws.catalog_path, spec.path)
         for run_id, started_at in catalog.fail_stale():
             committed = ws.versions_since(tables, started_at)
             if committed is not None:
@@ -129,19 +138,27 @@ def execute(
                     run_id, lance_version=committed, error=STALE_COMMITTED.format(v=committed)
                 )
         result = RunResult(new_run_id(), spec.name)
+        try:  # room for the run's record, before anything starts
+            catalog.reserve(result.run_id)
+        except OSError as exc:
+            raise WorkspaceNotWritable(ws.root, f"{exc.strerror or exc}: {exc.filename}") from None
         started = time.perf_counter()
-        catalog.start_run(
-            run_id=result.run_id,
-            pipeline=spec.name,
-            status="running",
-            started_at=now(),
-            spec_path=str(spec.path),
-            spec_hash=spec.hash,
-            overrides=overrides or [],
-            tables=tables,
-            models=models,
-            embedpipe_version=metadata.version("embedpipe"),
-        )
+        try:
+            catalog.start_run(
+                run_id=result.run_id,
+                pipeline=spec.name,
+                status="running",
+                started_at=now(),
+                spec_path=str(spec.path),
+                spec_hash=spec.hash,
+                overrides=overrides or [],
+                tables=tables,
+                models=models,
+                embedpipe_version=metadata.version("embedpipe"),
+            )
+        except BaseException:
+            catalog.discard(result.run_id)
+            raise
         # A plan's bars vanish when done; without a terminal the run's lines say it all.
         plan_bars = RunProgress(
             console, dag.order, enabled=progress and console.is_terminal, transient=True
@@ -162,15 +179,17 @@ def execute(
 
         planner.on_step_done = warm_up
         try:
+            ws.new_staging(result.run_id)
             try:
                 with planner.bars:
                     for name in dag.order:
                         planner.run(name)
                 result.noop = _noop(dag, planner)
-            except StepFailed:
+            except StepFailed as exc:
+                if _hopeless(exc):  # it would fail again in its task, whatever Prefect tries
+                    raise
                 # Run anyway: the step fails again in its task, so Prefect records the failure
                 # too (and a transient error may pass).
-                pass
             if progress:
                 console.print(plan_table(Plan(spec.name, planner.results, result.noop)))
             if result.noop and not orchestrator.server_configured():
@@ -205,6 +224,9 @@ def execute(
         except Exception as exc:
             result.status = "failed"
             result.error = reason(exc)
+            if not_writable(exc) and "not writable" not in result.error:
+                result.error += f" (the workspace {ws.root} cannot be written: free space or fix"
+                result.error += " its permissions, then run again)"
             if not result.steps:
                 result.steps = planner.results
         except KeyboardInterrupt:
@@ -212,27 +234,52 @@ def execute(
             result.error = "interrupted (Ctrl-C); nothing was committed by the interrupted step"
             raise
         finally:
-            ws.clear_staging()
+            with contextlib.suppress(OSError):
+                ws.clear_staging()
             try:
                 result.live_version = ws.table_version(tables[-1]) if tables else 0
             except Exception as exc:  # the run's own record matters more than this number
                 result.error = result.error or f"cannot read the index version: {reason(exc)}"
             result.seconds = time.perf_counter() - started
-            for name, res in result.steps.items():
-                if res.status != "pending":
-                    catalog.record_step(step_row(dag, result.run_id, name, res), res.skips)
-            catalog.finish_run(
-                result.run_id,
-                status=result.status,
-                ended_at=now(),
-                seconds=result.seconds,
-                flow_run_id=result.flow_run_id,
-                lance_version=result.lance_version,
-                error=result.error,
-                noop=result.noop,
-                prefect="recorded" if result.flow_run_id else prefect_state,
-            )
+            _record(dag, catalog, result, prefect_state)
     return result
+
+
+def _hopeless(exc: StepFailed) -> bool:
+    """A failure no retry can pass: a damaged index or an unwritable workspace."""
+    cause = exc.__cause__
+    return isinstance(cause, IndexDamaged | WorkspaceNotWritable) or not_writable(exc)
+
+
+def _record(dag: Dag, catalog: Catalog, result: RunResult, prefect_state: str | None) -> None:
+    """Write the run's steps and outcome to the catalog; when it refuses (held by another
+    process past the wait, damaged, a full disk), keep them for the next command that can."""
+    steps = [
+        (step_row(dag, result.run_id, name, res), res.skips)
+        for name, res in result.steps.items()
+        if res.status != "pending"
+    ]
+    values = {
+        "status": result.status,
+        "ended_at": now(),
+        "seconds": result.seconds,
+        "flow_run_id": result.flow_run_id,
+        "lance_version": result.lance_version,
+        "error": result.error,
+        "noop": result.noop,
+        "prefect": "recorded" if result.flow_run_id else prefect_state,
+    }
+    crash_point("record")
+    try:
+        result.warning = catalog.write_or_keep(
+            result.run_id, catalog.ops(result.run_id, steps, values)
+        )
+    except OSError as exc:
+        result.record_lost = True
+        done = f"the run {result.status}"
+        if result.lance_version:
+            done += f" and committed version {result.lance_version}"
+        result.warning = f"{exc.strerror}; {done}; the next run marks it failed in the catalog"
 
 
 def step_row(dag: Dag, run_id: str, name: str, res: StepResult) -> dict[str, Any]:

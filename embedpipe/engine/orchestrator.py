@@ -15,11 +15,14 @@ import os
 import re
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedpipe import _env
 from embedpipe.dag import Dag
 from embedpipe.engine.catalog import Catalog
+from embedpipe.errors import PrefectUnreachable
 
 if TYPE_CHECKING:
     from embedpipe.engine.flow import RunResult
@@ -33,6 +36,52 @@ def server_configured() -> bool:
     from prefect.settings import get_current_settings
 
     return bool(get_current_settings().api.url)
+
+
+TIMEOUT_ENV = "EMBEDPIPE_PREFECT_TIMEOUT"
+
+
+def check_server(timeout: float | None = None) -> None:
+    """With a Prefect server configured, make sure it answers before a run starts any work:
+    a stopped (SIGSTOP), hung or unreachable server would otherwise make the run wait on it
+    without a word. Raises PrefectUnreachable, naming the server and what to do."""
+    if "PREFECT_API_URL" in os.environ:
+        url = os.environ["PREFECT_API_URL"]
+    elif not server_configured():
+        return
+    else:
+        from prefect.settings import get_current_settings
+
+        url = str(get_current_settings().api.url)
+    if not url:
+        return
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get(TIMEOUT_ENV, "10"))
+        except ValueError:
+            timeout = 10.0
+    from embedpipe.engine.ui import healthy
+
+    api = url.rstrip("/")
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if healthy(api, timeout=max(0.5, min(5.0, left))):
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    if _env.ui_url() == api:
+        todo = "restart it with pipe ui --stop && pipe ui, then run again"
+    else:
+        todo = (
+            "start or fix that server, or unset PREFECT_API_URL (and the profile's) to run "
+            "with Prefect's own ephemeral server"
+        )
+    raise PrefectUnreachable(
+        f"the Prefect server at {api} did not answer {api}/health within {timeout:.0f} s "
+        f"(stopped, hung or unreachable), so nothing was run; {todo} (or raise {TIMEOUT_ENV})"
+    )
 
 
 def quiet_run_logs(quiet: bool = True) -> None:

@@ -7,9 +7,10 @@ from typing import Any
 import duckdb
 
 from embedpipe.dag import Dag
-from embedpipe.engine.catalog import DDL, TABLES, Catalog
-from embedpipe.engine.workspace import Workspace
-from embedpipe.errors import EmbedpipeError, NotIndexed
+from embedpipe.engine.catalog import DDL, TABLES, Catalog, wait_seconds
+from embedpipe.engine.catalog import _retry_locked as retry_locked
+from embedpipe.engine.workspace import Workspace, damaged
+from embedpipe.errors import EmbedpipeError, NotIndexed, UsageError
 from embedpipe.steps.encode import Encode
 from embedpipe.steps.index import Index
 
@@ -19,7 +20,7 @@ def index_step(dag: Dag, name: str | None = None) -> Index:
     if name is not None:
         found = [s for s in indexes if s.name == name]
         if not found:
-            raise EmbedpipeError(
+            raise UsageError(
                 f"--step {name}: not an index step of '{dag.spec.name}'; "
                 f"index steps: {', '.join(s.name for s in indexes) or 'none'}"
             )
@@ -35,14 +36,18 @@ def search(dag: Dag, query: str, k: int = 10, *, step: str | None = None) -> lis
     encoder = next((s for s in dag.ancestors(index.name) if isinstance(s, Encode)), None)
     if encoder is None:
         raise EmbedpipeError(f"index step '{index.name}' has no encode step upstream")
-    ws = Workspace(dag.spec.workspace)
+    ws = Workspace(dag.spec.workspace, dag.spec.path)
     table = index.table_name(dag.spec.name)
     if not ws.table_exists(table):
         raise NotIndexed(
             f"table '{table}' does not exist in {ws.root} yet; run first: pipe run {dag.spec.path}"
         )
-    tbl = ws.connect().open_table(table)
     vector = encoder.encode_queries([query])[0]
+    with ws.reading(table):
+        return _search(ws.connect().open_table(table), index, vector, k)
+
+
+def _search(tbl: Any, index: Index, vector: Any, k: int) -> list[dict[str, Any]]:
     metric = index.config.metric
     q = (
         tbl.search(vector, vector_column_name="vector")
@@ -78,15 +83,20 @@ def connect(dag: Dag, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     pushdown); the catalog file is attached read-only. With ``read_only`` the connection then
     loses file-system access for good (no COPY TO, no ATTACH, no reading other files).
     """
-    ws = Workspace(dag.spec.workspace)
+    ws = Workspace(dag.spec.workspace, dag.spec.path)
     con = duckdb.connect()
     db = ws.connect() if ws.tables() else None
     lance_names = set()
     for name in ws.tables():
-        con.register(name, db.open_table(name).to_lance())
+        with ws.reading(name):
+            con.register(name, db.open_table(name).to_lance())
         lance_names.add(name)
+    catalog = Catalog(ws.catalog_path, dag.spec.path)
     if ws.catalog_path.exists():
-        con.execute(f"ATTACH '{ws.catalog_path}' AS catalog (READ_ONLY)")
+        catalog.replay(wait=0)  # a run's record a busy catalog refused, if it can go in now
+        # The path is a literal, quoted as SQL quotes them: it may hold any character.
+        attach = f"ATTACH {_literal(str(ws.catalog_path))} AS catalog (READ_ONLY)"
+        retry_locked(lambda: con.execute(attach), ws.catalog_path, dag.spec.path, wait_seconds())
     else:  # no run yet: the same tables, empty, so queries work before the first run
         con.execute("ATTACH ':memory:' AS catalog")
         con.execute("USE catalog")
@@ -94,27 +104,42 @@ def connect(dag: Dag, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
         con.execute("USE memory")
     for t in TABLES:
         if t not in lance_names:
-            con.execute(f"CREATE VIEW {t} AS SELECT * FROM catalog.{t}")
+            con.execute(f"CREATE VIEW {_ident(t)} AS SELECT * FROM catalog.{_ident(t)}")
     if read_only:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con
 
 
+def _literal(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def sql(dag: Dag, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     con = connect(dag)
+    ws = Workspace(dag.spec.workspace, dag.spec.path)
     try:
         rel = con.execute(query)
+        if rel.description is None:
+            return [], []
+        cols = [d[0] for d in rel.description]
+        return cols, rel.fetchall()
     except duckdb.Error as exc:
-        views = sorted(set(Workspace(dag.spec.workspace).tables()) | set(TABLES))
+        for table in ws.tables():  # reading a Lance table whose files are gone
+            hurt = damaged(exc, table, ws.table_path(table), dag.spec.path)
+            if hurt is not None:
+                raise hurt from exc
+        views = sorted(set(ws.tables()) | set(TABLES))
         raise EmbedpipeError(
             f"SQL error: {str(exc).splitlines()[0]}. Tables: {', '.join(views)}"
         ) from exc
-    if rel.description is None:
-        return [], []
-    cols = [d[0] for d in rel.description]
-    return cols, rel.fetchall()
 
 
 def runs(dag: Dag, limit: int = 20) -> list[dict[str, Any]]:
-    return Catalog(Workspace(dag.spec.workspace).catalog_path).runs(limit)
+    return Catalog(Workspace(dag.spec.workspace).catalog_path, dag.spec.path).runs(limit)

@@ -14,17 +14,11 @@ from embedpipe.dag import Dag
 from embedpipe.engine.catalog import Catalog, new_run_id, now
 from embedpipe.engine.query import index_step
 from embedpipe.engine.workspace import Workspace, retain
-from embedpipe.errors import EmbedpipeError, NotIndexed
-
-
-class UsageError(EmbedpipeError):
-    """A command-line argument that cannot be used (exit 2, like an invalid spec)."""
-
-    exit_code = 2
+from embedpipe.errors import NotIndexed, UsageError, WorkspaceNotWritable
 
 
 def _table(dag: Dag, step: str | None) -> tuple[Workspace, str]:
-    ws = Workspace(dag.spec.workspace)
+    ws = Workspace(dag.spec.workspace, dag.spec.path)
     table = index_step(dag, step).table_name(dag.spec.name)
     if not ws.table_exists(table):
         raise NotIndexed(
@@ -36,11 +30,13 @@ def _table(dag: Dag, step: str | None) -> tuple[Workspace, str]:
 def versions(dag: Dag, step: str | None = None) -> list[dict[str, Any]]:
     """The table's versions still on disk, newest first, with the run that committed each."""
     ws, table = _table(dag, step)
-    tbl = ws.connect().open_table(table)
-    live = tbl.version
-    by_version = Catalog(ws.catalog_path).committers()
+    with ws.reading(table):
+        tbl = ws.connect().open_table(table)
+        live = tbl.version
+        listed = tbl.list_versions()
+    by_version = Catalog(ws.catalog_path, dag.spec.path).committers()
     out = []
-    for v in sorted(tbl.list_versions(), key=lambda v: v["version"], reverse=True):
+    for v in sorted(listed, key=lambda v: v["version"], reverse=True):
         meta = v.get("metadata") or {}
         run = by_version.get(v["version"], {})
         out.append(
@@ -59,7 +55,7 @@ def versions(dag: Dag, step: str | None = None) -> list[dict[str, Any]]:
 def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, Any]:
     """Make version ``to_version`` the live one again, as a new version; recorded as a run."""
     ws, table = _table(dag, step)
-    with ws.lock(dag.spec.name):
+    with ws.lock(dag.spec.name), ws.reading(table):
         tbl = ws.connect().open_table(table)
         have = sorted(v["version"] for v in tbl.list_versions())
         if to_version not in have:
@@ -68,26 +64,35 @@ def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, An
                 f"disk: {_ranges(have)} (older ones were removed by retain; see pipe runs)"
             )
         started, t0 = now(), time.perf_counter()
-        before = tbl.version
-        tbl.restore(to_version)
-        retain(tbl, index_step(dag, step).config.retain)
-        catalog = Catalog(ws.catalog_path)
         run_id = f"{new_run_id(started)}-rollback"
-        catalog.start_run(
-            run_id=run_id,
-            pipeline=dag.spec.name,
-            status="completed",
-            started_at=started,
-            ended_at=now(),
-            seconds=time.perf_counter() - t0,
-            spec_path=str(dag.spec.path),
-            spec_hash=dag.spec.hash,
-            tables=[table],
-            lance_version=tbl.version,
-            rolled_back_to=to_version,
-            embedpipe_version=metadata.version("embedpipe"),
-        )
-        return {
+        catalog = Catalog(ws.catalog_path, dag.spec.path)
+        catalog.replay(stale=True)
+        try:  # room for the record, before the index changes
+            catalog.reserve(run_id)
+        except OSError as exc:
+            raise WorkspaceNotWritable(ws.root, f"{exc.strerror or exc}: {exc.filename}") from None
+        before = tbl.version
+        try:
+            tbl.restore(to_version)
+        except Exception:
+            catalog.discard(run_id)
+            raise
+        retain(tbl, index_step(dag, step).config.retain)
+        row = {
+            "run_id": run_id,
+            "pipeline": dag.spec.name,
+            "status": "completed",
+            "started_at": started,
+            "ended_at": now(),
+            "seconds": time.perf_counter() - t0,
+            "spec_path": str(dag.spec.path),
+            "spec_hash": dag.spec.hash,
+            "tables": [table],
+            "lance_version": tbl.version,
+            "rolled_back_to": to_version,
+            "embedpipe_version": metadata.version("embedpipe"),
+        }
+        done = {
             "run_id": run_id,
             "table": table,
             "from_version": before,
@@ -95,6 +100,11 @@ def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, An
             "lance_version": tbl.version,
             "rows": tbl.count_rows(),
         }
+        try:
+            warning = catalog.write_or_keep(run_id, [{"op": "run", "row": row}])
+        except OSError as exc:
+            warning = f"{exc.strerror}; version {tbl.version} is live all the same"
+        return {**done, **({"warning": warning} if warning else {})}
 
 
 def _ranges(values: list[int]) -> str:

@@ -4,15 +4,22 @@
 <workspace>/catalog.duckdb          runs, step runs, skipped inputs
 <workspace>/staging/<run_id>/       step outputs of a run in progress (Arrow IPC)
 <workspace>/.lock                   held by the run in progress
+
+The tool owns only what it created: a run's staging folder carries a marker file, and only
+folders with it are ever removed, so a workspace shared with other files (``workspace: .``
+beside the sources) loses nothing of theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import math
 import os
+import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from itertools import chain
@@ -24,13 +31,19 @@ import pyarrow as pa
 from lancedb.index import HnswSq, IvfPq
 
 from embedpipe.engine.crash import crash_point
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import EmbedpipeError, IndexDamaged, WorkspaceBusy, WorkspaceNotWritable
 from embedpipe.steps.base import Step
+
+STAGING_MARKER = ".embedpipe-run"  # in each run's staging folder: this folder is ours
+_RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$")  # catalog.new_run_id, for older folders
+# errno values that mean "this cannot be written", whoever runs the command.
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 class Workspace:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, spec: Path | str | None = None) -> None:
         self.root = root
+        self.spec = spec or "SPEC"  # named in the recovery commands errors print
 
     @property
     def lance_dir(self) -> Path:
@@ -48,6 +61,20 @@ class Workspace:
         one is what a first write killed before its commit leaves behind."""
         versions = self.lance_dir / f"{table}.lance" / "_versions"
         return versions.is_dir() and any(versions.iterdir())
+
+    def table_path(self, table: str) -> Path:
+        return self.lance_dir / f"{table}.lance"
+
+    @contextlib.contextmanager
+    def reading(self, table: str) -> Iterator[None]:
+        """Turn Lance's errors about missing or corrupt files of ``table`` into IndexDamaged."""
+        try:
+            yield
+        except Exception as exc:
+            hurt = damaged(exc, table, self.table_path(table), self.spec)
+            if hurt is None:
+                raise
+            raise hurt from exc
 
     def tables(self) -> list[str]:
         if not self.lance_dir.is_dir():
@@ -68,7 +95,9 @@ class Workspace:
         newest = None
         for table in tables:
             if self.table_exists(table):
-                for v in self.connect().open_table(table).list_versions():
+                with self.reading(table):
+                    listed = self.connect().open_table(table).list_versions()
+                for v in listed:
                     at = v["timestamp"]
                     at = at if at.tzinfo else at.replace(tzinfo=UTC)  # Lance stamps in UTC
                     if at >= since and (newest is None or v["version"] > newest):
@@ -77,16 +106,20 @@ class Workspace:
 
     def table_version(self, table: str) -> int:
         """The live version of ``table``; 0 when it does not exist."""
-        return self.connect().open_table(table).version if self.table_exists(table) else 0
+        if not self.table_exists(table):
+            return 0
+        with self.reading(table):
+            return int(self.connect().open_table(table).version)
 
     def indexed_documents(self, tables: list[str]) -> dict[str, str] | None:
         """doc_id -> content_hash of the documents the first existing index table holds."""
         for table in tables:
             if self.table_exists(table):
-                ds = self.connect().open_table(table).to_lance()
-                if "content_hash" not in ds.schema.names:
-                    return None
-                cols = ds.to_table(columns=["doc_id", "content_hash"]).to_pydict()
+                with self.reading(table):
+                    ds = self.connect().open_table(table).to_lance()
+                    if "content_hash" not in ds.schema.names:
+                        return None
+                    cols = ds.to_table(columns=["doc_id", "content_hash"]).to_pydict()
                 return dict(zip(cols["doc_id"], cols["content_hash"], strict=True))
         return None
 
@@ -95,31 +128,65 @@ class Workspace:
 
     @contextlib.contextmanager
     def lock(self, pipeline: str) -> Iterator[None]:
-        """One run per workspace at a time: a second run fails at once with a clear message."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """One run per workspace at a time: a second run fails at once with a clear message.
+        The workspace must be writable: checked here, before anything is read or changed."""
         path = self.root / ".lock"
-        with path.open("a+") as fh:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fh = path.open("a+")
+        except OSError as exc:
+            raise WorkspaceNotWritable(self.root, _why(exc)) from None
+        with fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
-                raise EmbedpipeError(
+                raise WorkspaceBusy(
                     f"pipeline '{pipeline}' is already running in {self.root} ({holder}); "
                     "wait for it to finish, then run again"
                 ) from None
-            fh.truncate(0)
-            fh.write(f"pid {os.getpid()}")
-            fh.flush()
+            try:
+                fh.truncate(0)
+                fh.write(f"pid {os.getpid()}")
+                fh.flush()
+                self.check_writable()
+            except OSError as exc:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                raise WorkspaceNotWritable(self.root, _why(exc)) from None
             try:
                 yield
             finally:
-                fh.truncate(0)
+                with contextlib.suppress(OSError):
+                    fh.truncate(0)
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def check_writable(self) -> None:
+        """Raise OSError unless files can be created in the workspace and in each folder of
+        it a run writes to."""
+        for folder in (self.root, self.lance_dir, self.root / "cache", self.root / "staging"):
+            if folder.is_dir():
+                with tempfile.TemporaryFile(dir=folder, prefix=".embedpipe-probe-"):
+                    pass
+
+    def new_staging(self, run_id: str) -> Path:
+        """Create the run's staging folder, marked as ours (see ``clear_staging``)."""
+        path = self.staging(run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / STAGING_MARKER).write_text(f"staged step outputs of run {run_id}\n")
+        return path
+
     def clear_staging(self) -> None:
-        """Remove every run's staged step outputs; called under the lock, so none is live."""
-        shutil.rmtree(self.root / "staging", ignore_errors=True)
+        """Remove the staging folders of runs (called under the lock, so none is live); never
+        anything else a user keeps in ``staging/``, and the folder only when it is empty."""
+        top = self.root / "staging"
+        if not top.is_dir():
+            return
+        for entry in top.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and _ours(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            top.rmdir()  # only when empty
 
 
 class LanceStore:
@@ -132,6 +199,12 @@ class LanceStore:
         self.db = workspace.connect()
 
     def write(
+        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
+    ) -> dict[str, int]:
+        with self.ws.reading(table):
+            return self._write(table, batches, step)
+
+    def _write(
         self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
     ) -> dict[str, int]:
         """Make the table hold exactly ``batches()``, in one commit, or in none when it already
@@ -209,6 +282,12 @@ class PlanStore:
     def write(
         self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
     ) -> dict[str, int]:
+        with self.ws.reading(table):
+            return self._write(table, batches, step)
+
+    def _write(
+        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
+    ) -> dict[str, int]:
         if not self.ws.table_exists(table):
             n = sum(b.num_rows for b in batches())
             if not n:
@@ -223,6 +302,48 @@ class PlanStore:
         changed = bool(stats["computed"] or stats["deleted"])
         commits = changed or ann_due(tbl, step, rows, stale=False)
         return {**stats, "rows_out": rows, "cached": rows - stats["computed"], "commits": commits}
+
+
+def _ours(folder: Path) -> bool:
+    """A run's staging folder: it carries our marker, or (from before markers) is named like
+    a run id and holds nothing but staged Arrow files."""
+    if (folder / STAGING_MARKER).is_file():
+        return True
+    return bool(_RUN_ID.match(folder.name)) and all(
+        p.is_file() and p.suffix == ".arrow" for p in folder.iterdir()
+    )
+
+
+def _why(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def not_writable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says a file could not be written."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+_MISSING = re.compile(r"Not found: (\S+?)(?:,|\s|$)")
+
+
+def damaged(exc: BaseException, table: str, path: Path, spec: object) -> IndexDamaged | None:
+    """IndexDamaged when ``exc`` is Lance (or DuckDB reading Lance) failing on missing or
+    corrupt files of ``table``; None for any other error."""
+    text = str(exc)
+    m = _MISSING.search(text)
+    if m is not None and f"{table}.lance/" in m.group(1):
+        missing = "/" + m.group(1).lstrip("/")  # Lance may drop the leading slash
+        return IndexDamaged(table, path, f"its file {missing} is missing", spec)
+    if "LanceError(Corrupt" in text:
+        return IndexDamaged(table, path, "a file of it is corrupt", spec)
+    return None
 
 
 def retain(tbl: Any, versions: int | None) -> None:
