@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from embedpipe import _env
 from embedpipe.dag import Dag
 from embedpipe.engine.catalog import Catalog
+from embedpipe.engine.workspace import SERVER_PID
 from embedpipe.errors import PrefectUnreachable
 
 if TYPE_CHECKING:
@@ -254,8 +255,6 @@ def _start_ephemeral(workspace: Path) -> None:
     if server.server_process is not None:  # see stop_orphaned_server
         (workspace / SERVER_PID).write_text(str(server.server_process.pid))
 
-
-SERVER_PID = ".prefect-server.pid"
 
 
 def stop_orphaned_server(workspace: Path) -> None:

@@ -107,6 +107,7 @@ class Runner:
             base_dir=self.dag.spec.base_dir,
             workspace=self.ws.root,
             store=self.store,
+            owned=self.ws.owned(),
         )
 
     def run(self, name: str) -> StepResult:

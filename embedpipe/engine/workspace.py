@@ -34,6 +34,7 @@ from embedpipe.engine.crash import crash_point
 from embedpipe.errors import EmbedpipeError, IndexDamaged, WorkspaceBusy, WorkspaceNotWritable
 from embedpipe.steps.base import Step
 
+SERVER_PID = ".prefect-server.pid"  # see orchestrator.stop_orphaned_server
 STAGING_MARKER = ".embedpipe-run"  # in each run's staging folder: this folder is ours
 _RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$")  # catalog.new_run_id, for older folders
 # errno values that mean "this cannot be written", whoever runs the command.
@@ -168,6 +169,17 @@ class Workspace:
             if folder.is_dir():
                 with tempfile.TemporaryFile(dir=folder, prefix=".embedpipe-probe-"):
                     pass
+
+    def owned(self) -> tuple[Path, ...]:
+        """Everything of the workspace's that the tool made (resolved paths): sources must not
+        read it as documents, even when the workspace sits inside a source folder."""
+        root = self.root.resolve()
+        named = [root / n for n in ("lance", "cache", ".catalog-pending", ".lock", SERVER_PID)]
+        named += [root / f"catalog.duckdb{s}" for s in ("", ".wal", ".tmp")]
+        staging = root / "staging"
+        if staging.is_dir():
+            named += [p for p in staging.iterdir() if p.is_dir() and _ours(p)]
+        return tuple(named)
 
     def new_staging(self, run_id: str) -> Path:
         """Create the run's staging folder, marked as ours (see ``clear_staging``)."""

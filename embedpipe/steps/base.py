@@ -51,8 +51,16 @@ class StepContext:
     base_dir: Path
     workspace: Path
     store: Store | None = None
+    # What the engine keeps in the workspace (tables, catalog, caches, staged outputs): never a
+    # source's document, even with the workspace inside a source folder (``workspace: .``).
+    owned: tuple[Path, ...] = ()
     skipped: list[tuple[str, str]] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+
+    def is_owned(self, path: Path) -> bool:
+        """Whether ``path`` is (or is inside) something the engine keeps in the workspace."""
+        real = path.resolve()
+        return any(real == p or p in real.parents for p in self.owned)
 
     def skip(self, item: str, reason: str) -> None:
         """Record an input refused by this step; the run goes on."""
