@@ -1,15 +1,22 @@
-"""chunk: split documents into chunks, counting tokens with the encoder's own tokenizer."""
+"""chunk: split documents into chunks, counting tokens with the encoder's own tokenizer.
+
+Memory is bounded per document: a long text is tokenized one window of characters at a time
+(cut where whitespace starts, so words are never split between windows) and a token is held
+only until the chunk that needs it is made. Short documents are tokenized together, as before.
+"""
 
 from __future__ import annotations
 
 import re
+import sys
 from bisect import bisect_left
-from collections.abc import Iterator
-from itertools import pairwise
+from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, ValidationInfo, field_validator
 
 from embedpipe import models, schemas
@@ -18,8 +25,20 @@ from embedpipe.steps.base import Link, Step, StepConfig, StepContext
 Span = tuple[int, int]  # character offsets [start, end) in the document text
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n")
-_HEADING = re.compile(r"^#{1,6}\s", re.MULTILINE)
-_FENCE = re.compile(r"^(```|~~~)", re.MULTILINE)
+# A heading, or a code fence (which hides the headings inside it), at the start of a line.
+_MARK = re.compile(r"^(?:(#{1,6}\s)|```|~~~)", re.MULTILINE)
+# Where a window may end: before the last of a run of spaces, tabs or line breaks. Tokenizers
+# split words there (BERT drops the space, byte-level BPE and SentencePiece attach the last
+# space to the next word), so tokens do not change. Other Unicode spaces are left alone: BERT
+# deletes control characters such as \x0b and \x1c, which would join the words around them.
+_CUT = re.compile(r"[ \t\n\r](?=[^ \t\n\r])")
+
+# Characters tokenized at once: a longer text is tokenized window by window. 64 Ki characters
+# make at most 64 Ki tokens (a few MB), and about 16 Ki in English prose.
+_WINDOW = 2**16
+_GROUP = 2**19  # characters of short documents tokenized in one call (the tokenizer's threads)
+_FLUSH = 2**22  # characters of chunk text after which a batch is yielded, mid-input-batch
+_START = itemgetter(0)
 
 
 class ChunkConfig(StepConfig):
@@ -117,26 +136,26 @@ class Chunk(Step):
         for batch in inputs[0]:
             if batch.num_rows == 0:
                 continue  # the tokenizer cannot take an empty list
-            docs = batch.to_pydict()
-            encoded = self._tok(docs["text"], add_special_tokens=False, return_offsets_mapping=True)
-            reserved = self._title_tokens(docs["title"], budget)
-            hashes = docs.get("content_hash")
+            ids = batch.column("doc_id").to_pylist()
+            titles = batch.column("title").to_pylist()
+            has_hash = "content_hash" in batch.schema.names
+            hashes = batch.column("content_hash").to_pylist() if has_hash else None
+            reserved = self._title_tokens(batch.column("title"), budget)
             rows: list[dict[str, Any]] = []
-            for i, text in enumerate(docs["text"]):
-                offsets = encoded["offset_mapping"][i]
-                spans = self._split(text, offsets, budget - reserved[i])
+            size, flushed = 0, False  # characters of chunk text in rows; a batch yielded yet
+            for i, text, tokens in self._tokenized(batch.column("text")):
                 ordinal = 0
-                for (start, end), n_tokens in spans:
+                for (start, end), n_tokens in self._split(text, tokens, budget - reserved[i]):
                     piece = text[start:end]
                     if not piece.strip():
                         continue
                     rows.append(
                         {
-                            "chunk_id": f"{docs['doc_id'][i]}#{ordinal}",
-                            "doc_id": docs["doc_id"][i],
+                            "chunk_id": f"{ids[i]}#{ordinal}",
+                            "doc_id": ids[i],
                             "ordinal": ordinal,
                             "text": piece,
-                            "title": docs["title"][i],
+                            "title": titles[i],
                             "n_tokens": n_tokens + specials,
                             "char_start": start,
                             "char_end": end,
@@ -144,107 +163,214 @@ class Chunk(Step):
                         }
                     )
                     ordinal += 1
-            yield pa.RecordBatch.from_pylist(rows, schema=schemas.CHUNKS)
+                    size += len(piece)
+                    if size >= _FLUSH:  # a long document's chunks do not pile up in memory
+                        yield pa.RecordBatch.from_pylist(rows, schema=schemas.CHUNKS)
+                        rows, size, flushed = [], 0, True
+            if rows or not flushed:
+                yield pa.RecordBatch.from_pylist(rows, schema=schemas.CHUNKS)
 
-    def _title_tokens(self, titles: list[str | None], budget: int) -> list[int]:
+    def _tokenized(self, texts: pa.Array) -> Iterator[tuple[int, str, _Tokens]]:
+        """(row, text, its tokens) for each text of a batch column (null as empty). Texts up
+        to a window long are tokenized together, up to ``_GROUP`` characters a call; a longer
+        one streams its tokens a window at a time."""
+        lengths = [n or 0 for n in pc.utf8_length(texts).to_pylist()]
+        i = 0
+        while i < len(lengths):
+            if lengths[i] > _WINDOW:
+                text = texts[i].as_py()
+                yield i, text, _Tokens(text, self._tok)
+                i += 1
+                continue
+            j, total = i, 0
+            while j < len(lengths) and lengths[j] <= _WINDOW and total + lengths[j] <= _GROUP:
+                total += lengths[j]
+                j += 1
+            group = [t or "" for t in texts.slice(i, j - i).to_pylist()]
+            encoded = self._tok(group, add_special_tokens=False, return_offsets_mapping=True)
+            for k, (text, offsets) in enumerate(zip(group, encoded["offset_mapping"], strict=True)):
+                yield i + k, text, _Tokens(text, self._tok, offsets)
+            i = j
+
+    def _title_tokens(self, titles: pa.Array, budget: int) -> list[int]:
         """Tokens to leave free for the title when the encode step prepends it, so that the
-        encoder does not truncate the chunk's tail; capped at half the budget."""
-        present = [t or "" for t in titles]
+        encoder does not truncate the chunk's tail; capped at half the budget (and counted
+        no further, however long the title)."""
         prepends = any(getattr(s.config, "include_title", False) for s in self.downstream)
-        if not prepends or not any(present):
+        if not prepends or titles.null_count == len(titles):
             return [0] * len(titles)
-        ids = self._tok(present, add_special_tokens=False)["input_ids"]
-        return [min(len(i), budget // 2) for i in ids]  # an empty title has no tokens
+        return [tokens.bound(_END, 0, budget // 2) for _, _, tokens in self._tokenized(titles)]
 
-    def _split(self, text: str, offsets: list[Span], budget: int) -> list[tuple[Span, int]]:
+    def _split(self, text: str, tokens: _Tokens, budget: int) -> Iterator[tuple[Span, int]]:
         strategy = self.config.strategy
         if strategy == "none":
-            return [((0, len(text)), len(offsets))]
-        starts = [s for s, _ in offsets]
+            return iter([((0, len(text)), tokens.skip_to(_END))])
         if strategy == "tokens":
-            return _windows(0, len(offsets), offsets, budget, self.config.overlap)
-        if strategy == "sentences":
-            return _pack(_sentences(text), starts, offsets, budget, self.config.overlap, join=True)
-        return _pack(_sections(text), starts, offsets, budget, self.config.overlap, join=False)
+            return _windows(tokens, 0, _END, budget, self.config.overlap)
+        units = _sentences(text) if strategy == "sentences" else _sections(text)
+        return _pack(units, tokens, budget, self.config.overlap, join=strategy == "sentences")
+
+
+_END = sys.maxsize  # a character offset past the end of any text
+
+
+class _Tokens:
+    """A text's tokens as character spans, read forward by index. Given no offsets, the text
+    is tokenized one window at a time as tokens are asked for, and the tokens before the
+    point that ``release`` and ``skip_to`` name are dropped: memory holds a window or two of
+    tokens, however long the text."""
+
+    def __init__(self, text: str, tok: Any, offsets: list[Span] | None = None) -> None:
+        self._text, self._tok = text, tok
+        self._buf: list[Span] = [] if offsets is None else offsets
+        self._base = 0  # the index of _buf[0]
+        self._pos = 0 if offsets is None else len(text)  # characters tokenized so far
+
+    def _more(self) -> bool:
+        """Tokenize the next window; False at the end of the text."""
+        text, pos = self._text, self._pos
+        if pos >= len(text):
+            return False
+        end = _cut(text, pos)
+        offsets = self._tok(text[pos:end], add_special_tokens=False, return_offsets_mapping=True)
+        self._buf.extend([(s + pos, e + pos) for s, e in offsets["offset_mapping"]])
+        self._pos = end
+        return True
+
+    def __getitem__(self, k: int) -> Span:
+        """Token ``k``, loaded by an earlier ``bound`` and not yet released."""
+        return self._buf[k - self._base]
+
+    def loaded(self) -> tuple[list[Span], int]:
+        """The tokens held, and the index of the first."""
+        return self._buf, self._base
+
+    def bound(self, pos: int, lo: int, cap: int) -> int:
+        """The index of the first token from ``lo`` on that starts at character ``pos`` or
+        later, or the number of tokens when none does; at most ``cap``. Loads tokens up to
+        index ``cap`` at most."""
+        buf = self._buf
+        while self._base + len(buf) < cap and (not buf or buf[-1][0] < pos) and self._more():
+            pass
+        lo_i = max(lo - self._base, 0)
+        hi_i = max(min(len(buf), cap - self._base), lo_i)
+        return self._base + bisect_left(buf, pos, lo_i, hi_i, key=_START)
+
+    def skip_to(self, pos: int) -> int:
+        """``bound(pos)`` with no cap, dropping every token that starts before ``pos``."""
+        buf = self._buf
+        while not buf or buf[-1][0] < pos:
+            self._base += len(buf)
+            buf.clear()
+            if not self._more():
+                return self._base
+        k = self._base + bisect_left(buf, pos, key=_START)
+        self.release(k)
+        return k
+
+    def release(self, k: int) -> None:
+        """Tokens before index ``k`` are needed no more (dropped in bulk, so in linear time)."""
+        drop = k - self._base
+        if drop >= 4096 and 2 * drop >= len(self._buf):
+            del self._buf[:drop]
+            self._base = k
+
+
+def _cut(text: str, pos: int) -> int:
+    """Where the window that starts at ``pos`` ends: at the end of the text, or at the last
+    space, tab or line break of a run (found in the window's last part when there is one,
+    else anywhere in it), or, with no whitespace in the window at all, after ``_WINDOW``
+    characters (a cut that may split a word: the one place where tokens can differ from
+    tokenizing the text whole)."""
+    end = pos + _WINDOW
+    if end >= len(text):
+        return len(text)
+    for lo in (end - _WINDOW // 16, pos + 1):
+        last = None
+        for last in _CUT.finditer(text, lo, end + 1):  # noqa: B007 (the last match)
+            pass
+        if last is not None:
+            return last.start()
+    return end
 
 
 def _windows(
-    i0: int, i1: int, offsets: list[Span], budget: int, overlap: int
-) -> list[tuple[Span, int]]:
-    """Token windows over tokens ``i0..i1``, as character spans, sharing up to ``overlap``
-    tokens. Windows start and end at word boundaries where they can: a cut inside a word
-    leaves a fragment the encoder re-tokenizes into more pieces, past ``budget``."""
-    out: list[tuple[Span, int]] = []
-    a = i0
-    while a < i1:  # no tokens (an empty document): no windows
-        b = min(a + budget, i1)
-        if b < i1:
-            b = _word_start(offsets, a + 1, b, last=True) or b  # or cut a too-long word
-        out.append(((offsets[a][0], offsets[b - 1][1]), b - a))
-        if b == i1:
-            break
+    tokens: _Tokens, a: int, end: int, budget: int, overlap: int
+) -> Iterator[tuple[Span, int]]:
+    """Token windows over the tokens from index ``a`` that start before character ``end``, as
+    character spans, sharing up to ``overlap`` tokens. Windows start and end at word
+    boundaries where they can: a cut inside a word leaves a fragment the encoder
+    re-tokenizes into more pieces, past ``budget``."""
+    while True:
+        b = tokens.bound(end, a, a + budget)
+        if b == a:  # no tokens (an empty document): no windows
+            return
+        more = tokens.bound(end, b, b + 1) > b  # is token b (the next window's) there?
+        if more:
+            b = _word_start(tokens, a + 1, b, last=True) or b  # or cut a too-long word
+        yield (tokens[a][0], tokens[b - 1][1]), b - a
+        if not more:
+            return
         lo = max(b - overlap, a + 1)  # always move forward
-        a = _word_start(offsets, lo, b, last=False) or lo
-    return out
+        a = _word_start(tokens, lo, b, last=False) or lo
+        tokens.release(a)
 
 
-def _word_start(offsets: list[Span], lo: int, hi: int, *, last: bool) -> int | None:
+def _word_start(tokens: _Tokens, lo: int, hi: int, *, last: bool) -> int | None:
     """The last (or first) token in ``lo..hi`` that follows whitespace, i.e. starts a word."""
-    ks = range(hi, lo - 1, -1) if last else range(lo, hi + 1)
-    return next((k for k in ks if k > 0 and offsets[k][0] > offsets[k - 1][1]), None)
+    buf, base = tokens.loaded()  # indexed directly: this loop is the step's hottest
+    ks = range(hi - base, lo - base - 1, -1) if last else range(lo - base, hi - base + 1)
+    k = next((k for k in ks if k + base > 0 and buf[k][0] > buf[k - 1][1]), None)
+    return None if k is None else k + base
 
 
 def _pack(
-    units: list[Span],
-    starts: list[int],
-    offsets: list[Span],
-    budget: int,
-    overlap: int,
-    *,
-    join: bool,
-) -> list[tuple[Span, int]]:
+    units: Iterable[Span], tokens: _Tokens, budget: int, overlap: int, *, join: bool
+) -> Iterator[tuple[Span, int]]:
     """One chunk per unit, or (``join``) consecutive units joined up to ``budget`` tokens;
-    units longer than ``budget`` are split into token windows."""
-    out: list[tuple[Span, int]] = []
+    units longer than ``budget`` are split into token windows. A unit's tokens are those
+    that start inside it; they are counted only up to ``budget + 1``."""
     cur: Span | None = None
     cur_n = 0
     for start, end in units:
-        i0, i1 = bisect_left(starts, start), bisect_left(starts, end)
-        n = i1 - i0
+        i0 = tokens.skip_to(start)
+        n = tokens.bound(end, i0, i0 + budget + 1) - i0
         if n == 0:
             continue
         if join and cur is not None and cur_n + n <= budget:
             cur, cur_n = (cur[0], end), cur_n + n
             continue
         if cur is not None:
-            out.append((cur, cur_n))
+            yield cur, cur_n
             cur = None
         if n > budget:
-            out.extend(_windows(i0, i1, offsets, budget, overlap))
+            yield from _windows(tokens, i0, end, budget, overlap)
         else:
             cur, cur_n = (start, end), n
     if cur is not None:
-        out.append((cur, cur_n))
-    return out
+        yield cur, cur_n
 
 
-def _sentences(text: str) -> list[Span]:
-    spans, start = [], 0
+def _sentences(text: str) -> Iterator[Span]:
+    start = 0
     for m in _SENTENCE_END.finditer(text):
-        spans.append((start, m.start() + len(m.group(0).rstrip())))
+        yield start, m.start() + len(m.group(0).rstrip())
         start = m.end()
     if start < len(text):
-        spans.append((start, len(text)))
-    return spans
+        yield start, len(text)
 
 
-def _sections(text: str) -> list[Span]:
-    """Markdown sections: a heading and the text up to the next heading outside code fences."""
-    fences = [m.start() for m in _FENCE.finditer(text)]
-    bounds = [0]
-    for m in _HEADING.finditer(text):
-        inside_fence = sum(1 for f in fences if f < m.start()) % 2 == 1
-        if m.start() > 0 and not inside_fence:
-            bounds.append(m.start())
-    bounds.append(len(text))
-    return [(a, b) for a, b in pairwise(bounds) if b > a]
+def _sections(text: str) -> Iterator[Span]:
+    """Markdown sections: a heading and the text up to the next heading outside code fences.
+    One pass over headings and fences in order, so time and memory do not grow with their
+    product or count."""
+    start, inside_fence = 0, False
+    for m in _MARK.finditer(text):
+        if m.group(1) is None:
+            inside_fence = not inside_fence
+        elif m.start() > 0 and not inside_fence:
+            if m.start() > start:
+                yield start, m.start()
+            start = m.start()
+    if len(text) > start:
+        yield start, len(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydantic import Field
 from embedpipe import schemas
 from embedpipe.errors import SourceError
 from embedpipe.steps.base import Link, Step, StepConfig, StepContext
-from embedpipe.steps.sources.doc import Doc, Skip, blank, brief, kind, skip, too_big
+from embedpipe.steps.sources.doc import Doc, Skip, blank, brief, encodable, kind, skip, too_big
 from embedpipe.steps.sources.rows import records, row_id, row_text
 from embedpipe.steps.sources.sniff import check_file, sniff
 from embedpipe.steps.sources.walk import (
@@ -45,15 +46,32 @@ _BY_SUFFIX: dict[str, str] = {
     ".html": "html", ".htm": "html", ".pdf": "pdf",
 }  # fmt: skip
 _ROW_FORMATS = {"beir", "jsonl", "parquet", "csv"}
-_BATCH = 512
+_BATCH = 512  # documents in one output batch, at most
+_BATCH_CHARS = 2**23  # characters of text in one output batch, past which it is yielded
+_TITLE_MAX = 1000  # characters: every chunk row repeats its document's title
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _NO_ROWS = {
     "csv": "CSV file has a header but no rows",
     "parquet": "Parquet file has no rows",
 }
 
 
+# The default size limit, by measurement (issue 13, 2 cores and 24 GiB): `pipe plan`, which
+# ingests and chunks through the engine, peaks at 0.65-0.9 GB on one document at this limit
+# (text, CJK text, markdown, HTML, a JSON line, a CSV row; 0.27 GB on a tiny file), and
+# `pipe run` at 2.2 GB on 11 MB of one-line text, its encode step the largest part.
+MAX_FILE_MB = 100
+
+
 def content_hash(title: str, text: str) -> str:
-    return hashlib.blake2b(f"{title}\x1f{text}".encode(), digest_size=16).hexdigest()
+    """blake2b of ``f"{title}\x1f{text}"`` in UTF-8; a long text is hashed in parts, so that
+    no copy of it is made (the digest is the same)."""
+    if len(text) <= 2**20:
+        return hashlib.blake2b(f"{title}\x1f{text}".encode(), digest_size=16).hexdigest()
+    h = hashlib.blake2b(f"{title}\x1f".encode(), digest_size=16)
+    for i in range(0, len(text), 2**20):
+        h.update(text[i : i + 2**20].encode())
+    return h.hexdigest()
 
 
 class IngestConfig(StepConfig):
@@ -75,10 +93,10 @@ class IngestConfig(StepConfig):
         default_factory=list, description="Directories: skip files matching these globs."
     )
     max_file_mb: float = Field(
-        100,
+        MAX_FILE_MB,
         gt=0,
         description="Whole-file formats: larger files are skipped with a reason; "
-        "row formats: the limit for one JSON line.",
+        "row formats: the limit for one JSON line, CSV row or row's text.",
     )
 
     def sources(self) -> list[str]:
@@ -100,6 +118,11 @@ class Ingest(Step):
     that says so. A ``.json`` file may hold a JSON array of objects (each one a row, numbered
     from 1), a single object, or JSON Lines. Directory symlinks are followed, except back into
     a directory already read (a symlink loop), which is skipped with a reason.
+
+    Memory is bounded by ``max_file_mb`` for one document, not by the size of a file: row
+    formats are read a row at a time, and batches are cut by characters as well as by rows.
+    A title over 1,000 characters is cut there (at a space if one is near): every chunk
+    repeats its document's title.
     """
 
     type = "ingest"
@@ -125,6 +148,7 @@ class Ingest(Step):
         now = datetime.now(UTC)
         seen: dict[str, str] = {}
         rows: list[Doc] = []
+        size = 0  # characters of text in rows
         for path, root, problem in self._files():
             if problem:
                 skip(ctx, relative(path, root), problem)
@@ -135,10 +159,12 @@ class Ingest(Step):
                     skip(ctx, doc.source, problem)
                     continue
                 seen[doc.doc_id] = doc.source
+                doc.title = _short_title(doc.title)
                 rows.append(doc)
-                if len(rows) >= _BATCH:
+                size += len(doc.text)
+                if len(rows) >= _BATCH or size >= _BATCH_CHARS:
                     yield _to_batch(rows, now)
-                    rows = []
+                    rows, size = [], 0
         if rows:
             yield _to_batch(rows, now)
 
@@ -187,7 +213,7 @@ class Ingest(Step):
             if fmt in _ROW_FORMATS:
                 yield from self._rows(path, rel, fmt, ctx)
                 return
-            doc = read_whole(path, rel, fmt)
+            doc = read_whole(path, rel, fmt, limit)
         except Skip as exc:
             skip(ctx, rel, str(exc))
             return
@@ -203,6 +229,7 @@ class Ingest(Step):
         cfg = self.config
         id_field = cfg.id_field or ("_id" if fmt == "beir" else None)
         needed = [cfg.text_field, id_field]
+        limit = int(cfg.max_file_mb * 2**20)
         skipped_before, found = len(ctx.skipped), 0
         for n, record in records(path, fmt, rel, ctx, cfg.max_file_mb, needed):
             found += 1
@@ -212,6 +239,9 @@ class Ingest(Step):
                 continue
             problem, doc_id = row_id(record, id_field, where)
             problem = problem or row_text(record, cfg.text_field)
+            if not problem and len(record[cfg.text_field]) > limit:  # a Parquet cell, say
+                n_chars = len(record[cfg.text_field])
+                problem = f"text is {n_chars:,} characters, over max_file_mb={cfg.max_file_mb:g}"
             if problem:
                 skip(ctx, where, problem)
                 continue
@@ -241,16 +271,25 @@ def _unusable(doc: Doc) -> str | None:
     if blank(doc.text):
         return "empty document: no text after extraction"
     # A lone surrogate ("\ud800" in JSON) is valid JSON but no valid Unicode: Arrow would fail
-    # the whole batch on it.
+    # the whole batch on it. (A long value is searched, not encoded: no copy of it is made.)
     meta = json.dumps(doc.meta, default=str, ensure_ascii=False)
     for name, value in (("doc_id", doc.doc_id), ("text", doc.text), ("title", doc.title),
                         ("meta", meta)):  # fmt: skip
-        try:
-            value.encode()
-        except UnicodeEncodeError as exc:
-            lone = ord(value[exc.start])
+        if len(value) <= 2**16 and encodable(value):  # encoding a short value is quicker
+            continue
+        m = _SURROGATE.search(value)
+        if m:
+            lone = ord(m.group())
             return f"{name} is not valid Unicode: it holds an unpaired surrogate (U+{lone:04X})"
     return None
+
+
+def _short_title(title: str) -> str:
+    """``title``, cut to ``_TITLE_MAX`` characters (at a space in the last fifth, if any)."""
+    if len(title) <= _TITLE_MAX:
+        return title
+    cut = title.rfind(" ", _TITLE_MAX * 4 // 5, _TITLE_MAX)
+    return title[: cut if cut > 0 else _TITLE_MAX].rstrip() + "…"
 
 
 def _to_batch(rows: list[Doc], now: datetime) -> pa.RecordBatch:
