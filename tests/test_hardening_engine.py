@@ -135,6 +135,34 @@ def test_user_files_in_a_shared_workspace_survive_runs(tmp_path: Path) -> None:
     assert (staging / "important.txt").exists()
 
 
+def test_the_tools_own_files_are_never_documents(tmp_path: Path) -> None:
+    """A workspace inside a source folder: its tables, catalog and caches are not read as
+    documents, so a second run finds nothing new, nothing skipped, nothing to do."""
+    for i, doc in enumerate(CORPUS[:3]):
+        (tmp_path / f"{doc['_id']}.md").write_text(f"# {doc['title']}\n\n{doc['text']}\n")
+        (tmp_path / f"note{i}.txt").write_text(doc["text"])
+    (tmp_path / "spec.yaml").write_text(
+        textwrap.dedent("""
+        name: inside
+        workspace: .
+        steps:
+          docs: {type: ingest, source: ., exclude: ["*.yaml"]}
+          chunks: {type: chunk, input: docs, strategy: none}
+          vectors: {type: encode, input: chunks}
+          index: {type: index, input: vectors}
+        """).lstrip()
+    )
+    first = pipe(tmp_path, "run", "spec.yaml", "--json", "-q")
+    assert first.returncode == 0, first.stderr
+    assert one_json(first)["steps"]["docs"]["rows_out"] == 6
+    assert (tmp_path / "catalog.duckdb").exists() and (tmp_path / "lance").is_dir()
+    second = pipe(tmp_path, "run", "spec.yaml", "--json", "-q")
+    assert second.returncode == 0, second.stderr  # 3 would mean skipped inputs
+    steps = one_json(second)["steps"]
+    assert steps["docs"]["rows_out"] == 6 and steps["docs"]["skipped"] == 0
+    assert steps["index"]["computed"] == 0 and steps["index"]["deleted"] == 0
+
+
 # --- 2. nothing a spec says reaches SQL as SQL ------------------------------------------------
 
 
@@ -225,28 +253,12 @@ def test_a_catalog_held_by_a_reader_fails_the_run_before_it_starts(site: Path) -
     assert index_state(site) == before and catalog_runs(site) == runs_before
 
 
-def test_a_briefly_held_catalog_is_waited_for(site: Path) -> None:
-    with reader(site / "ws" / "catalog.duckdb") as holder:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "embedpipe.cli", "run", "spec.yaml", "--json", "-q"],
-            cwd=site,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "EMBEDPIPE_CATALOG_WAIT": "120"},
-        )
-        time.sleep(3)  # the run is waiting for the reader (not a timing assertion)
-        holder.kill()
-    stdout, stderr = run.communicate(timeout=TIMEOUT)
-    assert run.returncode == 0, stderr
-    assert json.loads(stdout)["status"] == "completed"
-    assert catalog_runs(site)[-1]["status"] == "completed"
-
-
+@contextlib.contextmanager
 def paused_run(
     site: Path, env: dict[str, str], at: str = "index-commit"
-) -> tuple[subprocess.Popen[str], Path]:
-    """`pipe run` started, and paused at a point of embedpipe/engine/crash.py."""
+) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """`pipe run` started, and paused at a point of embedpipe/engine/crash.py; killed with
+    its process group (its Prefect server) if the test fails while it runs."""
     flag = Path(tempfile.mkdtemp()) / "paused"  # not on the workspace's disk: it may be full
     run = subprocess.Popen(
         [sys.executable, "-m", "embedpipe.cli", "run", "spec.yaml", "--json", "-q"],
@@ -260,20 +272,46 @@ def paused_run(
             "EMBEDPIPE_PAUSE_FILE": str(flag),
             **env,
         },
+        start_new_session=True,
     )
-    deadline = time.monotonic() + TIMEOUT
-    while not flag.exists():
-        assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline, f"the run never reached {at}"
-        time.sleep(0.1)
-    return run, flag
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not flag.exists():
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, f"the run never reached {at}"
+            time.sleep(0.1)
+        yield run, flag
+    finally:
+        flag.unlink(missing_ok=True)
+        if run.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.communicate(timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, 9)
+
+
+def test_a_briefly_held_catalog_is_waited_for(site: Path) -> None:
+    edit_corpus(site)
+    with paused_run(site, {"EMBEDPIPE_CATALOG_WAIT": "120"}, at="record") as (run, flag):
+        with reader(site / "ws" / "catalog.duckdb") as holder:
+            flag.unlink()  # the run goes on to write its record, and waits for the reader
+            time.sleep(2)  # (so that it surely waits; nothing here depends on how long)
+            holder.kill()
+        stdout, stderr = run.communicate(timeout=TIMEOUT)
+    assert run.returncode == 0, stderr
+    out = json.loads(stdout)
+    assert out["status"] == "completed" and "warning" not in out
+    row = next(r for r in catalog_runs(site) if r["run_id"] == out["run_id"])
+    assert row["status"] == "completed" and row["lance_version"] == out["lance_version"]
 
 
 def test_a_catalog_locked_mid_run_keeps_the_record_for_later(site: Path) -> None:
     edit_corpus(site)
     version = index_state(site)[0]
-    run, flag = paused_run(site, {"EMBEDPIPE_CATALOG_WAIT": "1"})
-    with reader(site / "ws" / "catalog.duckdb"):
+    with (
+        paused_run(site, {"EMBEDPIPE_CATALOG_WAIT": "1"}) as (run, flag),
+        reader(site / "ws" / "catalog.duckdb"),
+    ):
         flag.unlink()  # the run goes on, to a catalog it cannot write
         stdout, stderr = run.communicate(timeout=TIMEOUT)
     assert run.returncode == 0, stderr
@@ -322,10 +360,10 @@ def test_a_full_disk_at_the_end_of_a_run_loses_no_record(indexed: Path, small_di
     shutil.copytree(indexed, site)
     edit_corpus(site)
     version = index_state(site)[0]
-    run, flag = paused_run(site, {}, at="record")
-    filler = fill(small_disk)
-    flag.unlink()
-    stdout, stderr = run.communicate(timeout=TIMEOUT)
+    with paused_run(site, {}, at="record") as (run, flag):
+        filler = fill(small_disk)
+        flag.unlink()
+        stdout, stderr = run.communicate(timeout=TIMEOUT)
     assert run.returncode == 0, stderr
     out = json.loads(stdout)
     assert out["lance_version"] == version + 1 and "kept in" in out["warning"]

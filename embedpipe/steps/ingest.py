@@ -10,7 +10,7 @@ import glob
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -149,7 +149,9 @@ class Ingest(Step):
         seen: dict[str, str] = {}
         rows: list[Doc] = []
         size = 0  # characters of text in rows
-        for path, root, problem in self._files():
+        for path, root, problem in self._files(ctx):
+            if ctx.is_owned(path):  # the workspace's own tables, catalog and caches
+                continue
             if problem:
                 skip(ctx, relative(path, root), problem)
                 continue
@@ -169,8 +171,15 @@ class Ingest(Step):
             yield _to_batch(rows, now)
 
     # -- finding files ------------------------------------------------------------------------
-    def _files(self) -> Iterator[tuple[Path, Path, str | None]]:
-        """(file, root that doc ids are relative to, why it cannot be read), in a stable order."""
+    def _files(self, ctx: StepContext) -> Iterator[tuple[Path, Path, str | None]]:
+        """(file, root that doc ids are relative to, why it cannot be read), in a stable order.
+        Folders the engine owns (a workspace inside a source folder) are not walked."""
+
+        def enter(top: Path) -> Callable[[tuple[str, ...]], bool]:
+            if not ctx.owned:
+                return visible
+            return lambda parts: visible(parts) and not ctx.is_owned(top.joinpath(*parts))
+
         for source in self.config.sources():
             problem = missing(source, self.base_dir)
             if problem:
@@ -181,7 +190,7 @@ class Ingest(Step):
                 for match, why in glob_files(path):
                     yield match, root, why
             elif path.is_dir():
-                for f, why in walk(path, enter=visible, keep=self._wanted):
+                for f, why in walk(path, enter=enter(path), keep=self._wanted):
                     yield f, path.parent, why
             else:
                 yield path, path.parent, None
