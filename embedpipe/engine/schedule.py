@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow
 
+from embedpipe.engine.orchestrator import check_server
 from embedpipe.errors import EmbedpipeError
 
 
@@ -50,6 +51,7 @@ def serve(
     on_ready: Any = None,
 ) -> None:
     """Create (or update) the deployment and serve it until SIGINT/SIGTERM."""
+    check_server()  # a server that does not answer: say so, instead of waiting on it
     from prefect import get_client
     from prefect.deployments.runner import EntrypointType
     from prefect.runner import Runner
@@ -115,6 +117,7 @@ def deploy(
     """Create (or update) the deployment on work pool ``pool`` and return its id; a worker
     (`prefect worker start --pool POOL`) runs it. The pool must exist (a `process` pool runs
     flows as local subprocesses: `prefect work-pool create POOL --type process`)."""
+    check_server()
     from pathlib import Path
 
     from prefect import flow as prefect_flow
