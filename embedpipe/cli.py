@@ -186,8 +186,14 @@ def run(
         )
     code = 1 if result.status != "completed" or result.record_lost else 0
     code = code or (SKIPPED_EXIT if result.skipped else 0)
+    meaning = EXIT_MEANINGS[code]
+    if result.record_lost:
+        meaning = (
+            f"the run {result.status} (see lance_version) but its record could not be written "
+            "to the catalog"
+        )
     if as_json:
-        print(_dump({**result.to_json(), "exit_code": code, "meaning": EXIT_MEANINGS[code]}))
+        print(_dump({**result.to_json(), "exit_code": code, "meaning": meaning}))
     raise typer.Exit(code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -89,10 +90,12 @@ class CatalogDamaged(EmbedpipeError):
     """The run catalog's DuckDB file cannot be opened as a database."""
 
     def __init__(self, path: object, reason: str) -> None:
+        wal = f"{path}.wal"
+        also = f" && mv {wal} {wal}.damaged" if os.path.exists(wal) else ""
         super().__init__(
             f"the run catalog {path} is damaged ({reason}). The index and its caches are "
             f"intact; move the catalog aside and the next run starts a new one (the run "
-            f"history is lost): mv {path} {path}.damaged"
+            f"history is lost): mv {path} {path}.damaged{also}"
         )
 
 

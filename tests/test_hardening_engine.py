@@ -510,3 +510,52 @@ def test_json_on_a_step_failure(site: Path) -> None:
     assert out["status"] == "failed" and "--strict" in out["error"]
     assert out["exit_code"] == 1 and out["meaning"].startswith("failed")
     assert index_state(site) == before
+
+
+# --- kept records: applied once, as data, never as SQL ------------------------------------------
+
+
+def test_a_kept_record_naming_unknown_columns_is_never_applied(tmp_path: Path) -> None:
+    """A `.catalog-pending` file is data from disk: keys that are not catalog columns (here,
+    SQL) make the whole record be left alone, not executed."""
+    from embedpipe.engine.catalog import Catalog, new_run_id
+
+    catalog = Catalog(tmp_path / "catalog.duckdb")
+    run_id = new_run_id()
+    catalog.start_run(run_id=run_id, pipeline="p", status="running")
+    pwned = tmp_path / "pwned.csv"
+    evil = f"status = 'x' WHERE 1=0; COPY (SELECT 42) TO '{pwned}'; UPDATE runs SET status"
+    catalog.pending_dir.mkdir()
+    kept = catalog.pending_dir / f"{run_id}.json"
+    kept.write_text(json.dumps([{"op": "finish", "run_id": run_id, "values": {evil: "done"}}]))
+    assert catalog.replay() == [] and catalog.runs()[0]["status"] == "running"
+    assert not pwned.exists() and kept.exists()
+    # Someone else's run id in the file is refused too.
+    kept.write_text(json.dumps([{"op": "finish", "run_id": "other", "values": {"status": "x"}}]))
+    assert catalog.replay() == []
+
+
+def test_a_kept_record_with_many_skips_fits_its_reservation(tmp_path: Path) -> None:
+    from embedpipe.engine.catalog import RESERVE, Catalog, new_run_id, now
+
+    catalog = Catalog(tmp_path / "catalog.duckdb")
+    run_id = new_run_id()
+    catalog.start_run(run_id=run_id, pipeline="p", status="running", started_at=now())
+    catalog.reserve(run_id)
+    skips = [(f"docs/file-{i:05d}.txt", "empty file: no text to index") for i in range(5000)]
+    row = {"run_id": run_id, "step": "docs", "status": "completed", "skipped": len(skips)}
+    ops = catalog.ops(run_id, [(row, skips)], {"status": "completed", "ended_at": now()})
+    path = catalog.keep(run_id, ops)
+    assert path.stat().st_size <= RESERVE
+    assert catalog.replay(stale=True) == [run_id] and not path.exists()
+    assert catalog.runs()[0]["status"] == "completed"
+
+
+def test_damage_is_blamed_on_the_table_whose_file_is_missing(tmp_path: Path) -> None:
+    from embedpipe.engine.workspace import damaged
+
+    missing = f"External error: Not found: {tmp_path}/lance/mydocs.lance/data/x.lance, at y"
+    exc = ValueError(missing)
+    assert damaged(exc, "docs", tmp_path / "lance/docs.lance", "spec.yaml") is None
+    hurt = damaged(exc, "mydocs", tmp_path / "lance/mydocs.lance", "spec.yaml")
+    assert hurt is not None and "mydocs.lance.damaged" in str(hurt)

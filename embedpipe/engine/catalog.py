@@ -26,7 +26,7 @@ from typing import Any
 
 import duckdb
 
-from embedpipe.errors import CatalogBusy, CatalogDamaged, WorkspaceNotWritable
+from embedpipe.errors import CatalogBusy, CatalogDamaged, EmbedpipeError, WorkspaceNotWritable
 from embedpipe.schemas import CATALOG_VIEWS
 
 DDL = """
@@ -121,16 +121,16 @@ class Catalog:
         self._insert("runs", row)
 
     def finish_run(self, run_id: str, **values: Any) -> None:
-        sets = ", ".join(f"{k} = ?" for k in values)
+        sets = ", ".join(f"{_column('runs', k)} = ?" for k in values)
         with self._connect() as con:
             con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*values.values(), run_id])
 
     def fail_stale(self) -> list[tuple[str, datetime]]:
         """Mark runs still 'running' as failed: called under the workspace lock, so the process
         that ran them is gone (killed or crashed). Returns (run_id, started_at) of each."""
+        self.replay(stale=True)  # records kept for later, first (a new catalog too)
         if not self.path.exists():
             return []
-        self.replay(stale=True)
         with self._connect() as con:
             stale = con.execute(
                 "SELECT run_id, started_at FROM runs WHERE status = 'running'"
@@ -150,7 +150,11 @@ class Catalog:
         """Rows per second a step computed in its recent completed runs; None when unknown."""
         if not self.path.exists():
             return None
-        with self.open(read_only=True) as con:
+        try:
+            con = self.open(read_only=True, wait=1.0)
+        except (EmbedpipeError, duckdb.Error):
+            return None  # only an estimate: never worth a wait or a failure
+        with con:
             row = con.execute(
                 "SELECT sum(computed) / nullif(sum(seconds), 0) FROM (SELECT computed, seconds "
                 "FROM step_runs WHERE step = ? AND status = 'completed' AND computed > 0 "
@@ -192,7 +196,7 @@ class Catalog:
 
     @staticmethod
     def _insert_con(con: duckdb.DuckDBPyConnection, table: str, row: dict[str, Any]) -> None:
-        cols = ", ".join(row)
+        cols = ", ".join(_column(table, c) for c in row)
         marks = ", ".join("?" for _ in row)
         con.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
 
@@ -248,6 +252,12 @@ class Catalog:
         """Write the operations the catalog refused into the run's reservation (raises OSError
         when even that fails)."""
         data = json.dumps(ops, default=_iso).encode()
+        if len(data) > RESERVE:  # many skips: keep their count, so it fits the room set aside
+            for op in ops:
+                if op["op"] == "step" and op["skipped"]:
+                    n = len(op["skipped"])
+                    op["skipped"] = [["(record)", f"{n} inputs skipped; their reasons were lost"]]
+            data = json.dumps(ops, default=_iso).encode()
         path = self.pending_dir / f"{run_id}.json"
         mode = "r+b" if path.exists() else "wb"
         with path.open(mode) as fh:
@@ -260,14 +270,19 @@ class Catalog:
     def write_or_keep(self, run_id: str, ops: list[dict[str, Any]]) -> str | None:
         """``write``, or when the catalog refuses, ``keep``; None when written, else a warning
         that says where the record went. Raises OSError when it could not even be kept."""
+        stopped: BaseException | None = None
         try:
             self.write(run_id, ops)
             return None
         except Exception as exc:  # whatever it is, the record must survive it
             cause = exc.__cause__ if isinstance(exc.__cause__, duckdb.Error) else exc
             why = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        except BaseException as exc:  # Ctrl-C while waiting for a busy catalog: keep, then stop
+            stopped, why = exc, "interrupted while waiting for the catalog"
         try:
             kept = self.keep(run_id, ops)
+            if stopped is not None:
+                raise stopped
         except OSError as exc:
             raise OSError(
                 exc.errno,
@@ -282,32 +297,34 @@ class Catalog:
     def discard(self, run_id: str) -> None:
         with contextlib.suppress(OSError):
             (self.pending_dir / f"{run_id}.json").unlink()
-        with contextlib.suppress(OSError):
-            self.pending_dir.rmdir()  # only when empty
 
     def pending(self) -> dict[str, list[dict[str, Any]]]:
-        """Records kept for a later write, by run id (reservations of live runs are blank)."""
+        """Records kept for a later write, by run id (reservations of live runs are blank).
+        A file that is not a well-formed record of its own run is left where it is and never
+        applied: its content would otherwise reach SQL."""
         out: dict[str, list[dict[str, Any]]] = {}
         if not self.pending_dir.is_dir():
             return out
         for path in sorted(self.pending_dir.glob("*.json")):
             try:
                 text = path.read_text().strip()
-                if text:
-                    out[path.stem] = json.loads(text)
+                ops = json.loads(text) if text else None
             except (OSError, ValueError):
                 continue
+            if ops is not None and _well_formed(path.stem, ops):
+                out[path.stem] = ops
         return out
 
     def replay(self, *, wait: float | None = None, stale: bool = False) -> list[str]:
         """Copy kept records into the catalog. ``stale`` (under the workspace lock, so no run
-        is live): blank reservations of killed runs are dropped too. Never raises for a busy
-        catalog: the records wait for the next try."""
-        kept = self.pending()
+        is live): blank reservations of killed runs are dropped too. Never raises: a record
+        that cannot go in yet waits for the next try."""
         if stale and self.pending_dir.is_dir():
             for path in self.pending_dir.glob("*.json"):
-                if path.stem not in kept:
-                    self.discard(path.stem)
+                with contextlib.suppress(OSError):
+                    if not path.read_bytes().strip():  # blank: a reservation, never written
+                        path.unlink()
+        kept = self.pending()
         if not kept:
             return []
         try:
@@ -315,7 +332,7 @@ class Catalog:
                 for run_id, ops in kept.items():
                     self._apply(con, ops)
                     self.discard(run_id)
-        except (CatalogBusy, duckdb.Error, OSError):
+        except (EmbedpipeError, duckdb.Error, OSError):
             return []
         return list(kept)
 
@@ -339,7 +356,7 @@ class Catalog:
                     )
             else:
                 values = _typed(op["values"])
-                sets = ", ".join(f"{k} = ?" for k in values)
+                sets = ", ".join(f"{_column('runs', k)} = ?" for k in values)
                 con.execute(
                     f"UPDATE runs SET {sets} WHERE run_id = ?", [*values.values(), op["run_id"]]
                 )
@@ -349,7 +366,50 @@ class Catalog:
 def _iso(value: Any) -> Any:
     if isinstance(value, datetime):
         return {"$ts": value.isoformat()}
-    raise TypeError(f"cannot keep {type(value).__name__} in a catalog record")
+    return str(value)
+
+
+def _columns() -> dict[str, frozenset[str]]:
+    """The columns each catalog table has (from the DDL): the only ones a record may name."""
+    with duckdb.connect() as con:
+        con.execute(DDL)
+        rows = con.execute("SELECT table_name, column_name FROM information_schema.columns")
+        out: dict[str, set[str]] = {}
+        for table, column in rows.fetchall():
+            out.setdefault(table, set()).add(column)
+    return {t: frozenset(c) for t, c in out.items()}
+
+
+_COLUMNS = _columns()
+
+
+def _column(table: str, name: str) -> str:
+    """``name`` as a quoted column of ``table``; anything else is refused, never SQL."""
+    if name not in _COLUMNS[table]:
+        raise ValueError(f"{table} has no column {name!r}")
+    return f'"{name}"'
+
+
+def _well_formed(run_id: str, ops: Any) -> bool:
+    """A kept record of run ``run_id``: known operations on known columns, of that run only."""
+    if not isinstance(ops, list):
+        return False
+    for op in ops:
+        if not isinstance(op, dict) or op.get("op") not in ("run", "step", "finish"):
+            return False
+        row = op.get("row") if op["op"] != "finish" else op.get("values")
+        table = {"run": "runs", "step": "step_runs", "finish": "runs"}[op["op"]]
+        if not isinstance(row, dict) or not set(row) <= _COLUMNS[table]:
+            return False
+        owner = op.get("run_id") if op["op"] == "finish" else row.get("run_id")
+        if owner != run_id and not (op["op"] == "run" and str(owner).startswith(run_id)):
+            return False
+        skipped = op.get("skipped", [])
+        if op["op"] == "step" and not (
+            isinstance(skipped, list) and all(isinstance(x, list) and len(x) == 2 for x in skipped)
+        ):
+            return False
+    return True
 
 
 def _typed(row: dict[str, Any]) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def execute(
                         planner.run(name)
                 result.noop = _noop(dag, planner)
             except StepFailed as exc:
-                if _hopeless(exc):  # it would fail again in its task, whatever Prefect tries
+                if _hopeless(exc, ws.root):  # it would fail again in its task, retried or not
                     raise
                 # Run anyway: the step fails again in its task, so Prefect records the failure
                 # too (and a transient error may pass).
@@ -224,7 +224,7 @@ def execute(
         except Exception as exc:
             result.status = "failed"
             result.error = reason(exc)
-            if not_writable(exc) and "not writable" not in result.error:
+            if not_writable(exc, ws.root) and "not writable" not in result.error:
                 result.error += f" (the workspace {ws.root} cannot be written: free space or fix"
                 result.error += " its permissions, then run again)"
             if not result.steps:
@@ -245,15 +245,18 @@ def execute(
     return result
 
 
-def _hopeless(exc: StepFailed) -> bool:
+def _hopeless(exc: StepFailed, root: Path) -> bool:
     """A failure no retry can pass: a damaged index or an unwritable workspace."""
     cause = exc.__cause__
-    return isinstance(cause, IndexDamaged | WorkspaceNotWritable) or not_writable(exc)
+    return isinstance(cause, IndexDamaged | WorkspaceNotWritable) or not_writable(exc, root)
 
 
 def _record(dag: Dag, catalog: Catalog, result: RunResult, prefect_state: str | None) -> None:
     """Write the run's steps and outcome to the catalog; when it refuses (held by another
     process past the wait, damaged, a full disk), keep them for the next command that can."""
+    if result.status == "running":  # ended by something other than an error (SystemExit)
+        result.status = "failed"
+        result.error = result.error or "the run was stopped before it finished"
     steps = [
         (step_row(dag, result.run_id, name, res), res.skips)
         for name, res in result.steps.items()

@@ -23,7 +23,7 @@ from embedpipe import _env
 from embedpipe.dag import Dag
 from embedpipe.engine.catalog import Catalog
 from embedpipe.engine.workspace import SERVER_PID
-from embedpipe.errors import PrefectUnreachable
+from embedpipe.errors import EmbedpipeError, PrefectUnreachable
 
 if TYPE_CHECKING:
     from embedpipe.engine.flow import RunResult
@@ -256,7 +256,6 @@ def _start_ephemeral(workspace: Path) -> None:
         (workspace / SERVER_PID).write_text(str(server.server_process.pid))
 
 
-
 def stop_orphaned_server(workspace: Path) -> None:
     """Stop the ephemeral Prefect server a killed run left behind. Prefect stops it when the
     run's process exits, but a SIGKILL gives it no chance, and the server would live on."""
@@ -278,7 +277,11 @@ def stop_orphaned_server(workspace: Path) -> None:
 def _record_deferred(pipeline_flow: Any, dag: Dag, catalog: Catalog) -> None:
     """Write the flow runs of earlier no-op runs, which did not start Prefect. Prefect stamps
     them now; their names carry the run id, which starts with the time they ran."""
-    deferred = catalog.deferred()
+    try:
+        deferred = catalog.deferred()
+    except EmbedpipeError as exc:  # a busy catalog: these records wait for a later run
+        log.warning("could not read earlier no-op runs from the catalog: %s", exc)
+        return
     if not deferred:
         return
     from prefect import get_client

@@ -9,6 +9,7 @@ ephemeral mode show up too. Analytics stay off: nothing leaves loopback.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -35,7 +36,7 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as resp:
             return resp.status == 200
-    except OSError:
+    except (OSError, ValueError, http.client.HTTPException):  # down, not a URL, not HTTP
         return False
 
 

@@ -77,7 +77,6 @@ def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, An
         except Exception:
             catalog.discard(run_id)
             raise
-        retain(tbl, index_step(dag, step).config.retain)
         row = {
             "run_id": run_id,
             "pipeline": dag.spec.name,
@@ -92,6 +91,15 @@ def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, An
             "rolled_back_to": to_version,
             "embedpipe_version": metadata.version("embedpipe"),
         }
+        warnings = []
+        try:  # the record first: the new version is live, whatever happens next
+            warnings.append(catalog.write_or_keep(run_id, [{"op": "run", "row": row}]))
+        except OSError as exc:
+            warnings.append(f"{exc.strerror}; version {tbl.version} is live all the same")
+        try:
+            retain(tbl, index_step(dag, step).config.retain)
+        except Exception as exc:  # older versions stay on disk until the next commit
+            warnings.append(f"old versions were not removed ({exc}); the next run retries")
         done = {
             "run_id": run_id,
             "table": table,
@@ -100,10 +108,7 @@ def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, An
             "lance_version": tbl.version,
             "rows": tbl.count_rows(),
         }
-        try:
-            warning = catalog.write_or_keep(run_id, [{"op": "run", "row": row}])
-        except OSError as exc:
-            warning = f"{exc.strerror}; version {tbl.version} is live all the same"
+        warning = "; ".join(w for w in warnings if w)
         return {**done, **({"warning": warning} if warning else {})}
 
 

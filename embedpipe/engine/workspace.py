@@ -331,13 +331,17 @@ def _why(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
-def not_writable(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) says a file could not be written."""
+def not_writable(exc: BaseException, root: Path) -> bool:
+    """Whether ``exc`` (or what caused it) says a file in the workspace ``root`` could not be
+    written (a source or model file that cannot be read is another matter)."""
     seen: set[int] = set()
+    top = root.resolve()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:
-            return True
+        if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE and exc.filename:
+            where = Path(os.fsdecode(exc.filename)).resolve()
+            if where == top or top in where.parents:
+                return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False
 
@@ -350,7 +354,7 @@ def damaged(exc: BaseException, table: str, path: Path, spec: object) -> IndexDa
     corrupt files of ``table``; None for any other error."""
     text = str(exc)
     m = _MISSING.search(text)
-    if m is not None and f"{table}.lance/" in m.group(1):
+    if m is not None and re.search(rf"(^|/){re.escape(table)}\.lance/", m.group(1)):
         missing = "/" + m.group(1).lstrip("/")  # Lance may drop the leading slash
         return IndexDamaged(table, path, f"its file {missing} is missing", spec)
     if "LanceError(Corrupt" in text:
