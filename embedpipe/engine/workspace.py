@@ -339,7 +339,7 @@ def not_writable(exc: BaseException, root: Path) -> bool:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE and exc.filename:
-            where = Path(os.fsdecode(exc.filename)).resolve()
+            where = Path(os.path.realpath(os.fsdecode(exc.filename)))
             if where == top or top in where.parents:
                 return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]

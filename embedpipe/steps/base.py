@@ -8,6 +8,7 @@ models and handles load in ``setup()``, which the engine calls before ``run()``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,9 @@ class StepContext:
 
     def is_owned(self, path: Path) -> bool:
         """Whether ``path`` is (or is inside) something the engine keeps in the workspace."""
-        real = path.resolve()
+        if not self.owned:
+            return False
+        real = Path(os.path.realpath(path))  # never raises on a symlink loop, unlike resolve()
         return any(real == p or p in real.parents for p in self.owned)
 
     def skip(self, item: str, reason: str) -> None:
