@@ -96,7 +96,7 @@ class Catalog:
 
     def open(self, *, read_only: bool = False, wait: float | None = None) -> Any:
         """A DuckDB connection to the catalog file, waiting out another process's lock."""
-        return _retry_locked(
+        return retry_locked(
             lambda: duckdb.connect(str(self.path), read_only=read_only),
             self.path,
             self.spec,
@@ -121,9 +121,8 @@ class Catalog:
         self._insert("runs", row)
 
     def finish_run(self, run_id: str, **values: Any) -> None:
-        sets = ", ".join(f"{_column('runs', k)} = ?" for k in values)
         with self._connect() as con:
-            con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*values.values(), run_id])
+            self._apply(con, [{"op": "finish", "run_id": run_id, "values": values}])
 
     def fail_stale(self) -> list[tuple[str, datetime]]:
         """Mark runs still 'running' as failed: called under the workspace lock, so the process
@@ -420,7 +419,7 @@ def _typed(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _retry_locked(connect: Any, path: Path, spec: object, wait: float) -> Any:
+def retry_locked(connect: Any, path: Path, spec: object, wait: float) -> Any:
     """Call ``connect`` until no other process holds ``path``'s lock, for up to ``wait`` s."""
     deadline = time.monotonic() + wait
     delay = 0.05

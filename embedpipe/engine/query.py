@@ -7,8 +7,7 @@ from typing import Any
 import duckdb
 
 from embedpipe.dag import Dag
-from embedpipe.engine.catalog import DDL, TABLES, Catalog, wait_seconds
-from embedpipe.engine.catalog import _retry_locked as retry_locked
+from embedpipe.engine.catalog import DDL, TABLES, Catalog, retry_locked, wait_seconds
 from embedpipe.engine.workspace import Workspace, damaged
 from embedpipe.errors import EmbedpipeError, NotIndexed, UsageError
 from embedpipe.steps.encode import Encode
