@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint format bench bench-incremental clean
+.PHONY: help venv demo test test-slow lint format bench bench-incremental clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ demo: $(STAMP) ## Index the project's own docs (pipelines/quickstart.yaml) and s
 
 test: $(STAMP) ## Run the test suite (real model, LanceDB, DuckDB and Prefect)
 	$(BIN)/pytest
+
+test-slow: $(STAMP) ## Run the slow failure cases the default run leaves out (~3 min)
+	$(BIN)/pytest -m slow
 
 lint: $(STAMP) ## ruff check + format check + import layering contracts
 	$(BIN)/ruff check .

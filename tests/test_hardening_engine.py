@@ -135,6 +135,7 @@ def test_user_files_in_a_shared_workspace_survive_runs(tmp_path: Path) -> None:
     assert (staging / "important.txt").exists()
 
 
+@pytest.mark.slow
 def test_the_tools_own_files_are_never_documents(tmp_path: Path) -> None:
     """A workspace inside a source folder: its tables, catalog and caches are not read as
     documents, so a second run finds nothing new, nothing skipped, nothing to do."""
@@ -290,6 +291,7 @@ def paused_run(
             os.killpg(run.pid, 9)
 
 
+@pytest.mark.slow
 def test_a_briefly_held_catalog_is_waited_for(site: Path) -> None:
     edit_corpus(site)
     with paused_run(site, {"EMBEDPIPE_CATALOG_WAIT": "120"}, at="record") as (run, flag):
@@ -355,6 +357,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_end_of_a_run_loses_no_record(indexed: Path, small_disk: Path) -> None:
     site = small_disk / "site"
     shutil.copytree(indexed, site)
@@ -402,6 +405,7 @@ def test_a_corrupt_catalog(site: Path) -> None:
     assert index_state(site) == before
 
 
+@pytest.mark.slow
 def test_deleted_lance_files(site: Path) -> None:
     data = site / "ws" / "lance" / f"{TABLE}.lance" / "data"
     for f in data.iterdir():
