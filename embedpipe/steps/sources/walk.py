@@ -1,20 +1,27 @@
 """walk: the files a source names (a path, a directory or a glob), found without surprises.
 
-``glob.glob`` and ``os.walk`` follow symlink loops until the kernel gives up, and read a
-named pipe like a file. This walker follows directory symlinks once, reports loops, broken
-links and non-files with a reason instead of failing, and yields files in a stable order.
-``missing`` gives the same answer before a run (``pipe validate``) as during it.
+Patterns (a glob source, ``include``, ``exclude``) are matched by ``wcmatch.glob`` with
+GLOBSTAR: glob.glob's rules (``**`` spans any number of directories, a wildcard matches a
+leading '.' only where its pattern starts with one), plus ``\\`` to escape a wildcard.
+
+The walk itself stays here: ``glob.glob``, ``os.walk`` and wcmatch's walkers (``glob`` with
+FOLLOW, ``WcMatch`` on ``os.walk``) follow symlink loops until the kernel gives up, drop an
+unreadable directory without a word, and read a named pipe like a file. This walker follows
+directory symlinks once, reports loops, broken links and non-files with a reason instead of
+failing, and yields files in a stable order. ``missing`` gives the same answer before a run
+(``pipe validate``) as during it.
 """
 
 from __future__ import annotations
 
 import errno
-import fnmatch
 import glob
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+
+from wcmatch import glob as wcglob
 
 from embedpipe.steps.sources.doc import brief
 
@@ -47,37 +54,34 @@ def missing(source: str, base_dir: Path) -> str | None:
     return None
 
 
+# Case-sensitive everywhere (as fnmatch.fnmatchcase was), no braces or extglobs: a pattern
+# means what it meant with glob.glob.
+_FLAGS = wcglob.GLOBSTAR | wcglob.CASE
+
+
 def glob_files(pattern: Path) -> Iterator[tuple[Path, str | None]]:
     """Files matching ``pattern``, with glob.glob's rules, but walked with ``walk``:
     glob.glob follows symlink loops until the kernel gives up, exponentially long."""
     prefix = static_prefix(pattern)
     pats = pattern.parts[len(prefix.parts) :]
-    if pats[-1:] == ("**",):  # 'a/**' matches what is below a, never a file named a
-        pats = (*pats[:-1], "*", "**")
-    if not prefix.is_dir():
+    if not pats or not prefix.is_dir():
         return
-    yield from walk(
-        prefix,
-        enter=lambda parts: _glob_match(parts, pats, partial=True),
-        keep=lambda parts: _glob_match(parts, pats),
-    )
+    keep = _matcher(["/".join(pats)])
+    # A directory is worth entering when its path matches the pattern's first segments, some
+    # left over for what is below it; a trailing '**' matches directories as well as files.
+    heads = ["/".join(pats[:i]) for i in range(1, len(pats))]
+    if pats[-1] == "**":  # 'a/**': every directory below a may hold more
+        heads.append("/".join(pats))
+    enter = _matcher(heads)
+    yield from walk(prefix, enter=enter, keep=keep)
 
 
-def _glob_match(parts: Sequence[str], pats: Sequence[str], *, partial: bool = False) -> bool:
-    """glob.glob's rules, one path segment at a time: ``**`` spans any number of directories,
-    and a wildcard matches a leading '.' only where its pattern starts with one. partial:
-    could a path below ``parts`` still match?"""
-    if not parts:
-        return bool(pats) if partial else all(p == "**" for p in pats)
-    if not pats:
-        return False
-    if pats[0] == "**":
-        return _glob_match(parts, pats[1:], partial=partial) or (
-            not parts[0].startswith(".") and _glob_match(parts[1:], pats, partial=partial)
-        )
-    name, pat = parts[0], pats[0]
-    ok = fnmatch.fnmatchcase(name, pat) and (not name.startswith(".") or pat.startswith("."))
-    return ok and _glob_match(parts[1:], pats[1:], partial=partial)
+def _matcher(patterns: list[str]) -> Callable[[tuple[str, ...]], bool]:
+    """Does a path, as its parts below the walk's top, match one of ``patterns``?"""
+    if not patterns:
+        return lambda parts: False
+    compiled = wcglob.compile(patterns, flags=_FLAGS)
+    return lambda parts: compiled.match("/".join(parts))
 
 
 def walk(
@@ -159,16 +163,13 @@ def file_kind(mode: int) -> str:
 
 
 def matches(rel: Path, pattern: str) -> bool:
-    """``PurePath.match`` (from the right), with ``**`` at either end spanning any number of
-    directories: Python 3.11 reads ``**`` as ``*``, so ``**/*.md`` would miss top-level files
-    and ``build/**`` anything deeper than ``build/x``."""
-    while pattern.startswith("**/"):
-        pattern = pattern[3:]  # matching from the right allows any directories before
-    if pattern in ("", "**"):
-        return True
-    if pattern.endswith("/**"):
-        return any(parent.match(pattern[:-3]) for parent in rel.parents if parent.parts)
-    return rel.match(pattern)
+    """Does ``pattern`` match ``rel`` from the right, as ``PurePath.match`` does (``*.md``
+    matches ``sub/c.md``), with ``**`` spanning any number of directories (``build/**``
+    matches anything below a directory named build)?"""
+    pattern = PurePosixPath(pattern or "**").as_posix()  # no './' before, no '/' after
+    if not pattern.startswith("**/"):
+        pattern = f"**/{pattern}"  # matching from the right allows any directories before
+    return wcglob.globmatch(rel.as_posix(), pattern, flags=_FLAGS)
 
 
 def relative(path: Path, root: Path) -> str:
