@@ -4,11 +4,14 @@ applied by the CLI and the runner, never by ``import embedpipe``."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
 
+from embedpipe.steps import chunk as chunk_module
 from embedpipe.steps.sources import walk
+from tests.test_chunk import run_one
 from tests.test_ingest import ingest
 
 # -- wcmatch: glob sources, include and exclude -----------------------------------------------
@@ -85,3 +88,83 @@ def test_include_with_a_globstar_in_the_middle(tmp_path: Path, corpus: Path) -> 
     rows, skipped = ingest(tmp_path, "corpus", include=["sub/**/*.md"])
     assert skipped == []
     assert [r["doc_id"] for r in rows] == ["corpus/sub/c.md", "corpus/sub/deep/d.md"]
+
+
+# -- pysbd: sentence boundaries ---------------------------------------------------------------
+
+
+def sentences(text: str) -> list[str]:
+    spans = list(chunk_module._sentences(text))
+    return [text[a:b] for a, b in spans]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Use a tool, e.g. a hammer. Then stop.",
+            ["Use a tool, e.g. a hammer.", "Then stop."],
+        ),
+        (
+            "Dr. Smith met Mr. Jones at 3 p.m. on Friday. They talked, i.e. argued.",
+            ["Dr. Smith met Mr. Jones at 3 p.m. on Friday.", "They talked, i.e. argued."],
+        ),
+        ('He asked, "Is it safe?" She nodded.', ['He asked, "Is it safe?"', "She nodded."]),
+        ("Version 3.14 is out! Get it.", ["Version 3.14 is out!", "Get it."]),
+        # a line break inside a paragraph ends no sentence; a blank line always does
+        ("A line that is\nhard-wrapped. Next one.", ["A line that is\nhard-wrapped.", "Next one."]),
+        ("No full stop\n\nNew paragraph.", ["No full stop", "New paragraph."]),
+        ("  Leading space.\r\n\r\n  Trailing space.   ", ["Leading space.", "Trailing space."]),
+        ("", []),
+        (" \n\n \t", []),
+    ],
+)
+def test_sentence_boundaries(text: str, expected: list[str]) -> None:
+    assert sentences(text) == expected
+
+
+def test_a_long_paragraph_is_segmented_in_windows_with_the_same_sentences(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Windows bound pysbd's time (it grows with the square of its input); a sentence cut by
+    a window's end is segmented again with what follows, so sentences do not change."""
+    parts = [
+        "Honeybees dance, e.g. the waggle dance.",
+        "Dr. Frisch saw it in 1927.",
+        'Is it "language"?',
+        "Many say so.",
+        "Some say no; most agree it is close.",
+    ]
+    text = " ".join(parts[i % len(parts)] for i in range(400))
+    whole = list(chunk_module._sentences(text))
+    assert len(whole) == 400
+    monkeypatch.setattr(chunk_module, "_SENTENCE_WINDOW", 300)
+    assert list(chunk_module._sentences(text)) == whole
+
+
+def test_a_run_without_sentence_ends_longer_than_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cut at whitespace a window at a time (where there is none, at the window's end): the
+    text is covered in order, and no word is split."""
+    monkeypatch.setattr(chunk_module, "_SENTENCE_WINDOW", 100)
+    words = [f"word{i}" for i in range(500)]
+    text = " ".join(words) + " " + "x" * 350 + " end."
+    spans = list(chunk_module._sentences(text))
+    assert len(spans) > 10 and spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(b <= c for (_, b), (c, _) in itertools.pairwise(spans))  # in order, apart
+    assert "".join("".join(text[a:b].split()) for a, b in spans) == "".join(text.split())
+    found = [w for a, b in spans for w in text[a:b].split()]
+    assert found[: len(words)] == words
+
+
+def test_the_sentences_strategy_never_ends_a_chunk_after_e_g(tmp_path: Path) -> None:
+    """The regex it replaced ended a sentence at "e.g.", so a chunk could end there:
+    'Carpenters work with wood every day. Bring a tool, e.g.' and 'a saw. Then stop.'"""
+    text = "Carpenters work with wood every day. Bring a tool, e.g. a saw. Then stop."
+    rows = run_one(tmp_path, text, strategy="sentences", max_tokens=18, overlap=0)
+    assert [r["text"] for r in rows] == [
+        "Carpenters work with wood every day.",
+        "Bring a tool, e.g. a saw. Then stop.",
+    ]
+    assert [(r["char_start"], r["char_end"]) for r in rows] == [(0, 36), (37, len(text))]

@@ -7,6 +7,7 @@ only until the chunk that needs it is made. Short documents are tokenized togeth
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 from bisect import bisect_left
@@ -24,7 +25,7 @@ from embedpipe.steps.base import Link, Step, StepConfig, StepContext
 
 Span = tuple[int, int]  # character offsets [start, end) in the document text
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n")
+_PARAGRAPH = re.compile(r"\n\s*\n")  # a blank line ends a sentence, whatever pysbd says
 # A heading, or a code fence (which hides the headings inside it), at the start of a line.
 _MARK = re.compile(r"^(?:(#{1,6}\s)|```|~~~)", re.MULTILINE)
 # Where a window may end: before the last of a run of spaces, tabs or line breaks. Tokenizers
@@ -351,13 +352,73 @@ def _pack(
         yield cur, cur_n
 
 
+# Characters given to pysbd at once. Its time grows with the square of its input (each
+# abbreviation it finds is replaced in the whole text): 50 s for one paragraph of 200,000
+# characters, against about 5 us a character in windows of this size.
+_SENTENCE_WINDOW = 2048
+_LINE_BREAKS = str.maketrans("\r\n", "  ")  # a line break inside a paragraph ends no sentence
+
+
 def _sentences(text: str) -> Iterator[Span]:
+    """Sentences, as spans with no whitespace at either end: paragraphs (cut at blank lines)
+    split by pysbd, which knows abbreviations ("e.g.", "Dr."), initials and decimals."""
+    import pysbd  # only the sentences strategy needs it
+
+    segmenter = pysbd.Segmenter(language="en", clean=False)  # one a document: it keeps state
     start = 0
-    for m in _SENTENCE_END.finditer(text):
-        yield start, m.start() + len(m.group(0).rstrip())
+    for m in _PARAGRAPH.finditer(text):
+        yield from _paragraph_sentences(text, start, m.start(), segmenter)
         start = m.end()
-    if start < len(text):
-        yield start, len(text)
+    yield from _paragraph_sentences(text, start, len(text), segmenter)
+
+
+def _paragraph_sentences(text: str, start: int, end: int, segmenter: Any) -> Iterator[Span]:
+    """The sentences of ``text[start:end]``, segmented up to ``_SENTENCE_WINDOW`` characters
+    at a time (cut at whitespace where there is some): a window's last sentence may go on
+    past it, so it is segmented again at the start of the next window."""
+    while start < end:
+        stop = end
+        if end - start > _SENTENCE_WINDOW:
+            stop = start + _SENTENCE_WINDOW
+            space = max(text.rfind(c, start + _SENTENCE_WINDOW // 2, stop) for c in " \t\n\r")
+            stop = space if space > start else stop
+        piece = text[start:stop].translate(_LINE_BREAKS)  # same length: offsets hold
+        cuts = _sentence_starts(piece, segmenter.segment(piece))
+        if stop < end and len(cuts) > 1:
+            stop = start + cuts.pop()  # the next window starts with this window's last sentence
+        for a, b in itertools.pairwise([*cuts, stop - start]):
+            span = _strip(piece, a, b)
+            if span:
+                yield start + span[0], start + span[1]
+        start = stop
+
+
+def _sentence_starts(piece: str, sentences: list[str]) -> list[int]:
+    """Where each of pysbd's ``sentences`` starts in ``piece``, from 0. Found in order, from
+    where the last one ended, so that offsets are exact even where pysbd dropped whitespace;
+    should it ever change a sentence's text, the rest of the piece is one sentence."""
+    starts, pos = [0], 0
+    for sentence in sentences:
+        sentence = sentence.strip()
+        if not sentence:
+            continue
+        at = piece.find(sentence, pos)
+        if at < 0:
+            break
+        if at > starts[-1]:
+            starts.append(at)
+        pos = at + len(sentence)
+    return starts
+
+
+def _strip(piece: str, a: int, b: int) -> Span | None:
+    """``(a, b)`` without whitespace at either end; None when that leaves nothing."""
+    part = piece[a:b]
+    core = part.strip()
+    if not core:
+        return None
+    a += len(part) - len(part.lstrip())
+    return a, a + len(core)
 
 
 def _sections(text: str) -> Iterator[Span]:
