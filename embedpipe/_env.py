@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psutil
 
 DEFAULTS: dict[str, str] = {
     # Prefect: no analytics, no telemetry; nothing leaves loopback.
@@ -33,14 +36,24 @@ def ui_state() -> dict[str, Any] | None:
     """What `pipe ui` recorded of the server it started, while that process lives."""
     try:
         state = json.loads((home() / "ui.json").read_text())
-        os.kill(int(state["pid"]), 0)
-        # A pid reused by another process after a reboot is not our server.
-        cmdline = Path(f"/proc/{int(state['pid'])}/cmdline")
-        if cmdline.exists() and b"prefect" not in cmdline.read_bytes():
-            return None
+        pid = int(state["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return state if isinstance(state, dict) else None
+    return state if isinstance(state, dict) and prefect_process(pid) else None
+
+
+def prefect_process(pid: int) -> psutil.Process | None:
+    """The live process ``pid`` when it runs Prefect, else None: a pid reused by another
+    process after a reboot is not our server."""
+    import psutil  # only when a pid is recorded: importing embedpipe stays light
+
+    try:
+        proc = psutil.Process(pid)
+        if any("prefect" in arg for arg in proc.cmdline()):
+            return proc
+    except (psutil.Error, ValueError):  # gone (a zombie too), not ours to read, not a pid
+        pass
+    return None
 
 
 def ui_url() -> str | None:

@@ -4,11 +4,21 @@ applied by the CLI and the runner, never by ``import embedpipe``."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
+from embedpipe import _env
+from embedpipe.engine import orchestrator, ui
+from embedpipe.engine.workspace import SERVER_PID
 from embedpipe.steps import chunk as chunk_module
 from embedpipe.steps.sources import walk
 from tests.test_chunk import run_one
@@ -168,3 +178,96 @@ def test_the_sentences_strategy_never_ends_a_chunk_after_e_g(tmp_path: Path) -> 
         "Bring a tool, e.g. a saw. Then stop.",
     ]
     assert [(r["char_start"], r["char_end"]) for r in rows] == [(0, 36), (37, len(text))]
+
+
+# -- psutil: process checks -------------------------------------------------------------------
+
+STAND_IN = [sys.executable, "-c", "import time; time.sleep(120)", "prefect-server-stand-in"]
+
+
+@pytest.fixture
+def processes() -> Iterator[list[int]]:
+    """Pids a test started; whichever still live are killed at its end."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()
+
+
+def orphan(cmd: list[str], processes: list[int]) -> psutil.Process:
+    """``cmd`` started by a shell that exits at once: its parent becomes init."""
+    out = subprocess.run(
+        ["sh", "-c", '"$@" >/dev/null 2>&1 & echo $!', "sh", *cmd],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    proc = psutil.Process(int(out.stdout))
+    processes.append(proc.pid)
+    if proc.ppid() != 1:
+        pytest.skip(f"an orphan's parent here is pid {proc.ppid()} (a subreaper), not init")
+    return proc
+
+
+def test_ui_state_needs_a_live_prefect_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: list[int]
+) -> None:
+    monkeypatch.setenv("EMBEDPIPE_HOME", str(tmp_path))
+    state_file = tmp_path / "ui.json"
+
+    def state_for(pid: object) -> dict[str, object] | None:
+        state_file.write_text(json.dumps({"pid": pid, "api_url": "http://127.0.0.1:9/api"}))
+        return _env.ui_state()
+
+    server = subprocess.Popen(STAND_IN)
+    other = subprocess.Popen(["sleep", "120"])
+    processes.extend([server.pid, other.pid])
+    assert state_for(server.pid) == {"pid": server.pid, "api_url": "http://127.0.0.1:9/api"}
+    assert state_for(other.pid) is None  # a pid reused by something else
+    assert state_for(-1) is None and state_for("x") is None and state_for(None) is None
+    server.kill()
+    assert state_for(server.pid) is None  # a zombie: not reaped yet, but gone
+    server.wait()
+    assert state_for(server.pid) is None
+    state_file.write_text("{not json")
+    assert _env.ui_state() is None
+    state_file.unlink()
+    assert _env.ui_state() is None
+
+
+def test_ui_kill_stops_the_process_group_and_reaps_it(processes: list[int]) -> None:
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    for code, grace in (("import time; time.sleep(120)", 30.0), (stubborn, 0.5)):
+        proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        processes.append(proc.pid)
+        time.sleep(0.5)  # the stubborn one has set its handler
+        started = time.monotonic()
+        ui._kill(proc.pid, grace=grace)
+        assert time.monotonic() - started < 10
+        proc.wait(timeout=5)
+        assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == "zombie"
+
+
+def test_stop_orphaned_server(tmp_path: Path, processes: list[int]) -> None:
+    """Only an orphaned Prefect process is stopped; the pid file goes in every case."""
+    pid_file = tmp_path / SERVER_PID
+    server = orphan(STAND_IN, processes)
+    pid_file.write_text(str(server.pid))
+    orchestrator.stop_orphaned_server(tmp_path)
+    server.wait(timeout=10)  # ended by SIGTERM (and reaped by init)
+    assert not pid_file.exists()
+
+    not_prefect = orphan(["sleep", "120"], processes)
+    child = subprocess.Popen(STAND_IN)  # its run (this process) is alive: not an orphan
+    processes.append(child.pid)
+    for pid in (not_prefect.pid, child.pid):
+        pid_file.write_text(str(pid))
+        orchestrator.stop_orphaned_server(tmp_path)
+        assert not pid_file.exists()
+    time.sleep(0.3)
+    assert not_prefect.is_running() and child.poll() is None
+
+    for junk in ("", "not a pid", "-3", "999999999"):
+        pid_file.write_text(junk)
+        orchestrator.stop_orphaned_server(tmp_path)
+        assert not pid_file.exists()
+    orchestrator.stop_orphaned_server(tmp_path)  # no file at all

@@ -259,18 +259,16 @@ def _start_ephemeral(workspace: Path) -> None:
 def stop_orphaned_server(workspace: Path) -> None:
     """Stop the ephemeral Prefect server a killed run left behind. Prefect stops it when the
     run's process exits, but a SIGKILL gives it no chance, and the server would live on."""
+    import psutil
+
     path = workspace / SERVER_PID
     try:
-        pid = int(path.read_text())
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        path.unlink(missing_ok=True)
-        return
-    parent = int(stat.rsplit(")", 1)[1].split()[1])
-    if parent == 1 and b"prefect" in cmdline:  # orphaned: its run is gone
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+        proc = psutil.Process(int(path.read_text()))
+        # orphaned (its run is gone) and still Prefect's, not a process that reused the pid
+        if proc.ppid() == 1 and any("prefect" in arg for arg in proc.cmdline()):
+            proc.send_signal(signal.SIGTERM)  # psutil checks first that the pid is still it
+    except (OSError, ValueError, psutil.Error):
+        pass
     path.unlink(missing_ok=True)
 
 

@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from embedpipe import _env
 from embedpipe.errors import EmbedpipeError
 
@@ -96,20 +98,15 @@ def status() -> dict[str, Any] | None:
 def _kill(pid: int, grace: float = 15.0) -> None:
     """SIGTERM the server's process group (uvicorn and its workers), SIGKILL after ``grace``."""
     try:
+        proc = psutil.Process(pid)  # before the signal: the process whose end to wait for
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    except (psutil.NoSuchProcess, ProcessLookupError):
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):  # reap it if it is our child (tests)
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=grace)  # reaps it if it is our child (tests)
+    except psutil.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _tail(path: Path, lines: int = 3) -> str:
