@@ -10,12 +10,14 @@ STAMP  := $(VENV)/.installed
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/embedpipe-keyword-boost/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch on local disk first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
+	# The example plugin (its own package, registered through the embedpipe.steps entry point).
+	$(BIN)/pip install -q -e examples/embedpipe-keyword-boost
 	@touch $@
 
 venv: $(STAMP) ## Create .venv and install embedpipe with its test tools

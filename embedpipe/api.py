@@ -1,14 +1,21 @@
-"""The Python API, mirroring the CLI: ``embedpipe.load("spec.yaml").run()``."""
+"""The Python API, mirroring the CLI: ``embedpipe.load("spec.yaml").run()``.
+
+The CLI is a thin layer over this module: every command it runs goes through a ``Pipeline``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedpipe import dag as dag_mod
 
 if TYPE_CHECKING:
-    from embedpipe.engine.flow import RunResult
+    from rich.console import Console
+
+    from embedpipe.engine.search import Searcher
+    from embedpipe.results import Hit, Plan, RunResult
 
 
 class Pipeline:
@@ -17,6 +24,7 @@ class Pipeline:
     def __init__(self, dag: dag_mod.Dag, overrides: list[str] | None = None) -> None:
         self.dag = dag
         self.overrides = overrides or []
+        self._searchers: dict[str | None, Searcher] = {}
 
     @property
     def name(self) -> str:
@@ -26,23 +34,65 @@ class Pipeline:
     def workspace(self) -> Path:
         return self.dag.spec.workspace
 
-    def run(self, *, progress: bool = False) -> RunResult:
-        """Run the pipeline as one Prefect flow run; check ``.status`` on the result."""
+    def run(
+        self,
+        *,
+        progress: bool = False,
+        strict: bool = False,
+        console: Console | None = None,
+        prefect_logs: bool = False,
+    ) -> RunResult:
+        """Run the pipeline as one Prefect flow run; check ``.status`` on the result.
+
+        ``strict``: a skipped input fails the run (nothing is committed)."""
         from embedpipe.engine.flow import execute
 
         dag_mod.build(self.dag.spec, preflight=True)  # sources may have gone since loading
-        return execute(self.dag, overrides=self.overrides, progress=progress)
+        self._searchers.clear()  # a run makes a new table version
+        return execute(
+            self.dag,
+            overrides=self.overrides,
+            console=console,
+            progress=progress,
+            prefect_logs=prefect_logs,
+            strict=strict,
+        )
 
-    def search(self, query: str, k: int = 10, *, step: str | None = None) -> list[dict[str, Any]]:
-        from embedpipe.engine.query import search
+    def plan(self, *, progress: bool = False, console: Console | None = None) -> Plan:
+        """What a run would do, per step, writing nothing (no table, cache or catalog row)."""
+        from embedpipe.engine.flow import plan
 
-        return search(self.dag, query, k, step=step)
+        dag_mod.build(self.dag.spec, preflight=True)
+        return plan(self.dag, console=console, progress=progress)
+
+    def searcher(self, step: str | None = None) -> Searcher:
+        """The search pipeline of an index step (default: the last), opened once and kept."""
+        if step not in self._searchers:
+            from embedpipe.engine.search import Searcher
+
+            self._searchers[step] = Searcher(self.dag, step)
+        return self._searchers[step]
+
+    def search(self, query: str, k: int = 10, *, step: str | None = None) -> list[Hit]:
+        """Top-``k`` chunks for ``query``, best first, after every query stage."""
+        return self.searcher(step).search(query, k)
+
+    def search_many(
+        self, queries: Sequence[str], k: int = 10, *, step: str | None = None, batch: int = 64
+    ) -> list[list[Hit]]:
+        """Top-``k`` chunks for each query; the table is opened once, queries encoded in
+        batches."""
+        return self.searcher(step).search_many(queries, k, batch=batch)
 
     def sql(self, query: str) -> list[dict[str, Any]]:
+        cols, rows = self.sql_rows(query)
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def sql_rows(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows of a read-only DuckDB query over tables and catalog."""
         from embedpipe.engine.query import sql
 
-        cols, rows = sql(self.dag, query)
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        return sql(self.dag, query)
 
     def versions(self, *, step: str | None = None) -> list[dict[str, Any]]:
         """The index table's versions on disk, newest first."""
@@ -54,6 +104,7 @@ class Pipeline:
         """Make an older version of the index table live again (as a new version)."""
         from embedpipe.engine.versions import rollback
 
+        self._searchers.clear()
         return rollback(self.dag, to_version, step)
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -150,22 +150,11 @@ def run(
 
     Example: pipe run pipelines/quickstart.yaml --set steps.chunks.max_tokens=128 --json
     """
-    from embedpipe import dag as dag_mod
-
     pipeline = _pipeline(spec, sets, workspace)  # before the engine's heavy imports: fail fast
-    from embedpipe.engine.flow import execute
     from embedpipe.engine.progress import summary
 
     try:
-        dag_mod.build(pipeline.dag.spec, preflight=True)
-        result = execute(
-            pipeline.dag,
-            overrides=sets,
-            console=err,
-            progress=not quiet,
-            prefect_logs=verbose,
-            strict=strict,
-        )
+        result = pipeline.run(console=err, progress=not quiet, prefect_logs=verbose, strict=strict)
     except EmbedpipeError as exc:
         raise _fail(exc) from None
     (err if as_json else out).print(summary(result))
@@ -216,15 +205,11 @@ def plan(
 
     Example: pipe plan pipelines/scifact.yaml
     """
-    from embedpipe import dag as dag_mod
-
     pipeline = _pipeline(spec, sets, workspace)
-    from embedpipe.engine.flow import plan as make_plan
     from embedpipe.engine.progress import plan_table
 
     try:
-        dag_mod.build(pipeline.dag.spec, preflight=True)
-        result = make_plan(pipeline.dag, console=err, progress=not quiet)
+        result = pipeline.plan(console=err, progress=not quiet)
     except EmbedpipeError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -253,7 +238,9 @@ def search(
     except EmbedpipeError as exc:
         raise _fail(exc) from None
     if as_json:
-        print(_dump([{k_: h[k_] for k_ in ("doc_id", "chunk_id", "score", "text")} for h in hits]))
+        # §9: doc_id, chunk_id, score, text, then whatever query stages added (relevance, kept)
+        first = ("doc_id", "chunk_id", "score", "text")
+        print(_dump([{**{c: h[c] for c in first}, **_added(h, first)} for h in hits]))
         return
     table = Table(title=f"{pipeline.name}: {query!r}")
     for col, justify in (("#", "right"), ("score", "right"), ("chunk", "left"), ("text", "left")):
@@ -267,6 +254,10 @@ def search(
             (text[:160] + "…") if len(text) > 160 else text,
         )
     out.print(table)
+
+
+def _added(hit: dict[str, Any], first: tuple[str, ...]) -> dict[str, Any]:
+    return {c: v for c, v in hit.items() if c not in first and c != "title"}
 
 
 @app.command()
@@ -283,10 +274,8 @@ def sql(
     skipped. Example: pipe sql pipelines/scifact.yaml "select count(distinct doc_id) from scifact"
     """
     pipeline = _pipeline(spec, sets, workspace)
-    from embedpipe.engine.query import sql as run_sql
-
     try:
-        cols, rows = run_sql(pipeline.dag, query)
+        cols, rows = pipeline.sql_rows(query)
     except EmbedpipeError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -562,6 +551,7 @@ def main() -> None:
     """`pipe`: every failure ends as one sentence on stderr (and, with --json, one JSON object
     on stdout) with an exit code from ``EXIT_MEANINGS``; never a bare traceback."""
     global _JSON
+    _env.apply()  # the environment defaults (HF offline, no Prefect telemetry) first
     _JSON = _wants_json(sys.argv[1:])
     code = 0
     try:

@@ -7,18 +7,18 @@ and raises one ``SpecError`` listing them all, each at the YAML line that caused
 from __future__ import annotations
 
 import graphlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from embedpipe import registry
-from embedpipe.errors import SpecError, SpecIssue
+from embedpipe.errors import NoIndex, SpecError, SpecIssue, UsageError
 from embedpipe.schemas import CATALOG_VIEWS, SQL_RESERVED, kind, mismatches
 from embedpipe.spec import Spec
 from embedpipe.spec import load as spec_load
 from embedpipe.spec.load import dotted
-from embedpipe.steps.base import Link, Step
+from embedpipe.steps.base import IndexTarget, Link, Step
 
 
 @dataclass
@@ -27,12 +27,46 @@ class Dag:
     steps: dict[str, Step]
     order: list[str]  # topological: every step after its inputs
     schemas: dict[str, pa.Schema]  # what each step writes
+    # The tables steps write, by step, in DAG order: resolved once, here, for every command.
+    targets: dict[str, IndexTarget] = field(default_factory=dict)
 
     def links(self, name: str) -> list[Link]:
         return [Link(u, self.schemas[u]) for u in self.steps[name].config.inputs()]
 
-    def of_type(self, kind: str) -> list[Step]:
-        return [self.steps[n] for n in self.order if self.steps[n].type == kind]
+    @property
+    def default_index(self) -> str | None:
+        """The step whose table commands use when none is named: the last in DAG order."""
+        return next(reversed(self.targets), None)
+
+    def index(self, step: str | None = None) -> tuple[str, IndexTarget]:
+        """An index step by name (``--step``), or the default one, with its table."""
+        if step is None:
+            step = self.default_index
+            if step is None:
+                raise NoIndex(
+                    f"pipeline '{self.spec.name}' has no index step (no step writes a table); "
+                    "add one, e.g. `index: {type: index, input: vectors}`"
+                )
+        elif step not in self.targets:
+            raise UsageError(
+                f"--step {step}: not an index step of '{self.spec.name}'; "
+                f"index steps: {', '.join(self.targets) or 'none'}"
+            )
+        return step, self.targets[step]
+
+    def tables(self) -> list[str]:
+        return [t.table for t in self.targets.values()]
+
+    def descendants(self, name: str) -> list[Step]:
+        """Every step that reads ``name``'s output, directly or not."""
+        seen: list[Step] = []
+        frontier = list(self.steps[name].downstream)
+        while frontier:
+            step = frontier.pop(0)
+            if step not in seen:
+                seen.append(step)
+                frontier.extend(step.downstream)
+        return seen
 
     def ancestors(self, name: str) -> list[Step]:
         """Every step ``name`` reads from, directly or not, nearest first."""
@@ -76,7 +110,6 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
         steps[name].upstream = [steps[u] for u in ups]
         for u in ups:
             steps[u].downstream.append(steps[name])
-    _check_tables(spec, steps, issues)
 
     try:
         order = list(graphlib.TopologicalSorter(graph).static_order())
@@ -92,6 +125,7 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
         raise SpecError(issues) from None
 
     written: dict[str, pa.Schema] = {}
+    targets: dict[str, IndexTarget] = {}
     for name in order:
         step = steps[name]
         links = [Link(u, written[u]) for u in graph[name] if u in written]
@@ -105,23 +139,26 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
             full = ("steps", name, *path)
             issues.append(spec.issue(full, f"{dotted(full)}: {message}"))
         written[name] = step.output_schema(links)
+        target = step.index_target(spec.name, links)
+        if target is not None:
+            targets[name] = target
+    _check_tables(spec, steps, targets, issues)
     if issues:
         raise SpecError(issues)
-    return Dag(spec, steps, order, written)
+    return Dag(spec, steps, order, written, targets)
 
 
-def _check_tables(spec: Spec, steps: dict[str, Step], issues: list[SpecIssue]) -> None:
+def _check_tables(
+    spec: Spec, steps: dict[str, Step], targets: dict[str, IndexTarget], issues: list[SpecIssue]
+) -> None:
     """Every table a step writes becomes a view of the same name in `pipe sql`, beside the
     catalog's views: it must not hide one of them, be a word SQL reserves, or be another step's.
 
-    A step that writes a table has ``table_name(pipeline)``; its config's ``table`` names it, or
-    else the pipeline's ``name`` does, and the problem is reported at whichever one it was."""
+    A step's config key ``table`` names its table, or else the pipeline's ``name`` does, and the
+    problem is reported at whichever one it was."""
     owner: dict[str, str] = {}
-    for name, step in steps.items():
-        table_name = getattr(step, "table_name", None)
-        if not callable(table_name):
-            continue
-        table = table_name(spec.name)
+    for name in sorted(targets, key=list(steps).index):  # in the spec's order
+        step, table = steps[name], targets[name].table
         own = getattr(step.config, "table", None) is not None
         where: tuple[str, ...] = ("steps", name, "table") if own else ("name",)
         came = "" if own else f"step '{name}' ({step.type}) takes its table name from `name`: "

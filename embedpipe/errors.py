@@ -118,6 +118,44 @@ class PrefectUnreachable(EmbedpipeError):
     """The configured Prefect server does not answer."""
 
 
+class PluginError(EmbedpipeError):
+    """A registered plugin (step kind or executor) cannot be imported or is not one."""
+
+
+class NoIndex(EmbedpipeError):
+    """The pipeline has no step that writes a table, so there is nothing to search."""
+
+
+class NoRows(EmbedpipeError):
+    """Every input was skipped or empty: an index step got no rows (the table is kept)."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(
+            "no rows reached the index (every input was skipped or empty), so table "
+            f"'{table}' was left as it was; see why: pipe sql SPEC \"select * from skipped\""
+        )
+
+
+class NoQueryEncoder(EmbedpipeError):
+    """No step upstream of an index can turn a query into a vector for its search column."""
+
+
+class SkippedStrict(EmbedpipeError):
+    """``--strict`` is on and a step skipped inputs: the run commits nothing."""
+
+
+class SqlError(EmbedpipeError):
+    """A `pipe sql` query that DuckDB refused."""
+
+
+class ServerStartFailed(EmbedpipeError):
+    """`pipe ui` could not start the local Prefect server."""
+
+
+class RunFailed(EmbedpipeError):
+    """A scheduled or served run ended failed (its record names the step and reason)."""
+
+
 class InternalError(EmbedpipeError):
     """An unexpected exception: a bug in embedpipe (or a library it uses)."""
 

@@ -14,7 +14,7 @@ import difflib
 import functools
 from importlib.metadata import entry_points
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import PluginError
 from embedpipe.steps.base import Step
 from embedpipe.steps.chunk import Chunk
 from embedpipe.steps.encode import Encode
@@ -23,10 +23,6 @@ from embedpipe.steps.ingest import Ingest
 
 BUILTINS: dict[str, type[Step]] = {cls.type: cls for cls in (Ingest, Chunk, Encode, Index)}
 GROUP = "embedpipe.steps"
-
-
-class PluginError(EmbedpipeError):
-    """A registered step plugin cannot be imported or is not a Step."""
 
 
 @functools.cache
@@ -40,10 +36,14 @@ def step_types() -> dict[str, type[Step]]:
             cls = ep.load()
         except Exception as exc:
             raise PluginError(
-                f"step plugin '{ep.name}' ({ep.value}) failed to import: {exc}"
+                f"step plugin '{ep.name}' ({ep.value}) failed to import: {exc}; reinstall "
+                "or uninstall the package that registers it"
             ) from exc
         if not (isinstance(cls, type) and issubclass(cls, Step)):
-            raise PluginError(f"step plugin '{ep.name}' ({ep.value}) is not an embedpipe Step")
+            raise PluginError(
+                f"step plugin '{ep.name}' ({ep.value}) is not an embedpipe Step; it must "
+                "subclass embedpipe.steps.Step"
+            )
         found[ep.name] = cls
     return found
 

@@ -1,3 +1,5 @@
-"""The engine: the only code that imports Prefect, LanceDB and DuckDB."""
+"""The engine: the only code that imports Prefect, LanceDB and DuckDB.
 
-from embedpipe import _env  # noqa: F401  (Prefect and HF defaults before their imports)
+Its entry points apply the environment defaults (``embedpipe._env.apply``) before Prefect or
+Hugging Face is imported; importing the package sets nothing.
+"""

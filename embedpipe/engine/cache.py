@@ -11,6 +11,7 @@ crash loses at most the batch in flight, never records work that was not done.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,17 +30,32 @@ from embedpipe.steps.base import Step
 KEY = "_key"
 
 
-def fingerprint(step: Step) -> str:
-    config = step.config.model_dump(mode="json", exclude={"input"})
+def fingerprint(step: Step, *, legacy: bool = False) -> str:
+    """What decides the step's output: kind, version, config without speed-only settings,
+    model revisions. ``legacy``: as embedpipe 0.1 made it, speed-only settings included."""
+    if legacy:
+        config = step.config.model_dump(mode="json", exclude={"input"})
+    else:
+        config = step.config.identity()
     blob = {"type": step.type, "version": step.version, "config": config, **step.fingerprint()}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class StepCache:
-    def __init__(self, root: Path, step: Step) -> None:
+    def __init__(self, root: Path, step: Step, *, writable: bool = True) -> None:
         self.columns = step.cache_key
         self.crash_point = step.type
         self.path = root / "cache" / step.name / f"{fingerprint(step)}.lance"
+        # A cache an older version keyed with speed-only settings too: a run takes it over (it
+        # holds the workspace lock), a plan reads it where it is, so an upgrade re-computes
+        # nothing.
+        legacy = root / "cache" / step.name / f"{fingerprint(step, legacy=True)}.lance"
+        if legacy != self.path and legacy.is_dir() and not self.path.exists():
+            if not writable:
+                self.path = legacy
+            else:
+                with contextlib.suppress(OSError):
+                    legacy.rename(self.path)
 
     def _dataset(self) -> lance.LanceDataset | None:
         return lance.dataset(str(self.path)) if self.path.is_dir() else None
@@ -49,22 +65,22 @@ class StepCache:
         ds = self._dataset()
         return ds.schema.remove(ds.schema.get_field_index(KEY)) if ds is not None else None
 
-    def keys(self, *, touch: bool = True) -> set[str]:
+    def keys(self, *, touch: bool = True) -> pa.Array:
+        """Every cached key, as one Arrow string array (no Python object per key)."""
         ds = self._dataset()
         if ds is None:
-            return set()
+            return pa.array([], pa.string())
         if touch:  # most recently used: kept by prune(); a plan does not count as a use
             os.utime(self.path)
-        return set(ds.to_table(columns=[KEY]).column(KEY).to_pylist())
+        return ds.to_table(columns=[KEY]).column(KEY).combine_chunks()
 
-    def rows(self, keys: set[str]) -> Iterator[pa.RecordBatch]:
+    def rows(self, keys: pa.Array) -> Iterator[pa.RecordBatch]:
         """The cached output rows of ``keys``, without the key column."""
         ds = self._dataset()
-        if ds is None or not keys:
+        if ds is None or not len(keys):
             return
-        wanted = pa.array(sorted(keys), pa.string())
-        for batch in ds.to_batches():
-            kept = batch.filter(pc.is_in(batch.column(KEY), value_set=wanted))
+        for batch in ds.to_batches(columns=None):
+            kept = batch.filter(pc.is_in(batch.column(KEY), value_set=keys))
             if kept.num_rows:
                 yield kept.drop_columns([KEY])
 
@@ -79,7 +95,7 @@ class StepCache:
                 crash_point(self.crash_point)
             yield batch
 
-    def prune(self, used: set[str], *, stale_share: float = 0.2, keep_others: int = 1) -> int:
+    def prune(self, used: pa.Array, *, stale_share: float = 0.2, keep_others: int = 1) -> int:
         """Drop what the last successful run did not use: caches of other configs (all but
         the ``keep_others`` most recently used, so switching back once is still free), and,
         once they are over ``stale_share`` of this cache, rows of edited or deleted inputs.
@@ -91,7 +107,7 @@ class StepCache:
         if ds is None:
             return 0
         keys = ds.to_table(columns=[KEY]).column(KEY)
-        wanted = pa.array(sorted(used), pa.string())
+        wanted = used
         stale = len(keys) - pc.sum(pc.is_in(keys, value_set=wanted)).as_py()
         if stale <= stale_share * len(keys):
             return 0

@@ -11,78 +11,29 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from embedpipe import _env
 from embedpipe.dag import Dag
-from embedpipe.engine import orchestrator
+from embedpipe.engine import executors, orchestrator
 from embedpipe.engine.catalog import STALE_COMMITTED, Catalog, new_run_id, now
 from embedpipe.engine.crash import crash_point
 from embedpipe.engine.progress import RunProgress, plan_table
-from embedpipe.engine.runner import Runner, StepResult, index_tables, reason
+from embedpipe.engine.runner import Runner, reason
 from embedpipe.engine.workspace import Workspace, not_writable
 from embedpipe.errors import IndexDamaged, StepFailed, WorkspaceNotWritable
-from embedpipe.steps.encode import Encode
+from embedpipe.results import Plan, RunResult, StepResult
 
-__all__ = ["RunResult", "StepResult", "execute", "plan"]
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    pipeline: str
-    status: str = "running"
-    lance_version: int | None = None  # the version this run committed, if any
-    live_version: int = 0  # the index table's version after the run (the previous one on failure)
-    steps: dict[str, StepResult] = field(default_factory=dict)
-    flow_run_id: str | None = None
-    error: str | None = None
-    seconds: float = 0.0
-    noop: bool = False  # nothing to do: nothing was computed or committed, Prefect not started
-    # The catalog refused the run's record (busy, damaged, full disk): where it went instead.
-    warning: str | None = None
-    record_lost: bool = False  # ... and it could not be kept for later either
-
-    @property
-    def skipped(self) -> int:
-        return sum(s.skipped for s in self.steps.values())
-
-    def to_json(self) -> dict[str, Any]:
-        """The §9 shape of `pipe run --json`."""
-        keys = ("rows_in", "rows_out", "computed", "cached", "deleted", "skipped", "seconds")
-        return {
-            "run_id": self.run_id,
-            "pipeline": self.pipeline,
-            "status": self.status,
-            "lance_version": self.lance_version or self.live_version,
-            "steps": {n: {k: getattr(s, k) for k in keys} for n, s in self.steps.items()},
-            **({"error": self.error} if self.error else {}),
-            **({"warning": self.warning} if self.warning else {}),
-        }
-
-
-@dataclass
-class Plan:
-    pipeline: str
-    steps: dict[str, StepResult]
-    noop: bool
-
-    def to_json(self) -> dict[str, Any]:
-        keys = ("rows_in", "rows_out", "new", "changed", "deleted", "cached", "computed")
-        keys += ("skipped", "estimated", "estimated_seconds")
-        return {
-            "pipeline": self.pipeline,
-            "noop": self.noop,
-            "steps": {n: {k: getattr(s, k) for k in keys} for n, s in self.steps.items()},
-        }
+__all__ = ["Plan", "RunResult", "StepResult", "execute", "plan"]
 
 
 def plan(dag: Dag, *, console: Console | None = None, progress: bool = True) -> Plan:
     """What a run would do, per step, writing nothing: no table, cache or catalog row."""
+    _env.apply()  # the environment defaults, before Prefect or Hugging Face is imported
     import tempfile
 
     ws = Workspace(dag.spec.workspace, dag.spec.path)
@@ -102,9 +53,8 @@ def plan(dag: Dag, *, console: Console | None = None, progress: bool = True) -> 
 
 
 def _noop(dag: Dag, runner: Runner) -> bool:
-    """Nothing to do: every index would stay as it is (no rows, no ANN index to build)."""
-    index = [s.name for s in dag.of_type("index")]
-    return bool(index) and not any(runner.results[n].commits for n in index)
+    """Nothing to do: every table would stay as it is (no rows, no ANN index to build)."""
+    return bool(dag.targets) and not any(runner.results[n].commits for n in dag.targets)
 
 
 def execute(
@@ -117,11 +67,12 @@ def execute(
     strict: bool = False,
 ) -> RunResult:
     """Run ``dag`` once; always returns a result (status failed on error) and records it."""
+    _env.apply()  # the environment defaults, before Prefect or Hugging Face is imported
     spec = dag.spec
     ws = Workspace(spec.workspace, spec.path)
     console = console or Console(stderr=True)
-    tables = index_tables(dag)
-    models = sorted({s.config.model for s in dag.steps.values() if isinstance(s, Encode)})
+    tables = dag.tables()
+    models = sorted({m for s in dag.steps.values() for m in s.models()})
     with ws.lock(spec.name):
         try:
             ws.clear_staging()  # left by a run that was killed
@@ -203,16 +154,20 @@ def execute(
                         "Prefect was not started (the next run that starts it records this one)"
                     )
             else:
+                executor = executors.make(spec.spec.runner)
                 runner = Runner(
                     dag, ws, result.run_id, ws.staging(result.run_id),
                     RunProgress(console, dag.order, enabled=progress), catalog,
-                    planning=False, strict=strict,
+                    planning=False, strict=strict, executor=executor,
                 )  # fmt: skip
                 result.steps = runner.results
-                with runner.bars:
-                    orchestrator.run_flow(
-                        dag, runner, planner, result, catalog, prefect_logs=prefect_logs
-                    )
+                try:
+                    with runner.bars:
+                        orchestrator.run_flow(
+                            dag, runner, planner, result, catalog, prefect_logs=prefect_logs
+                        )
+                finally:
+                    executor.close()
                 result.lance_version = runner.version
                 prefect_state = "recorded"
             result.status = "completed"
@@ -237,7 +192,8 @@ def execute(
             with contextlib.suppress(OSError):
                 ws.clear_staging()
             try:
-                result.live_version = ws.table_version(tables[-1]) if tables else 0
+                default = dag.index()[1].table if tables else None
+                result.live_version = ws.table_version(default) if default else 0
             except Exception as exc:  # the run's own record matters more than this number
                 result.error = result.error or f"cannot read the index version: {reason(exc)}"
             result.seconds = time.perf_counter() - started

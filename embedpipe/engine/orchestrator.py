@@ -26,8 +26,8 @@ from embedpipe.engine.workspace import SERVER_PID
 from embedpipe.errors import EmbedpipeError, PrefectUnreachable
 
 if TYPE_CHECKING:
-    from embedpipe.engine.flow import RunResult
     from embedpipe.engine.runner import Runner
+    from embedpipe.results import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def run_flow(
     starting = _starting
     for name in dag.order:  # load models while the server starts
         if planner.results[name].estimated and planner.results[name].computed:
-            dag.steps[name].setup(runner.context())
+            dag.steps[name].setup(runner.context(name))
     if starting is not None:
         starting.join()
     pipeline = dag.spec.name

@@ -17,8 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from embedpipe.engine.flow import Plan, RunResult
-    from embedpipe.engine.runner import StepResult
+    from embedpipe.results import Plan, RunResult, StepResult
 
 
 class RunProgress:

@@ -1,4 +1,4 @@
-"""Reading what runs wrote: vector search over an index step's table, SQL over everything."""
+"""SQL over everything runs wrote: every Lance table of the workspace and the run catalog."""
 
 from __future__ import annotations
 
@@ -9,70 +9,7 @@ import duckdb
 from embedpipe.dag import Dag
 from embedpipe.engine.catalog import DDL, TABLES, Catalog, retry_locked, wait_seconds
 from embedpipe.engine.workspace import Workspace, damaged
-from embedpipe.errors import EmbedpipeError, NotIndexed, UsageError
-from embedpipe.steps.encode import Encode
-from embedpipe.steps.index import Index
-
-
-def index_step(dag: Dag, name: str | None = None) -> Index:
-    indexes = dag.of_type("index")
-    if name is not None:
-        found = [s for s in indexes if s.name == name]
-        if not found:
-            raise UsageError(
-                f"--step {name}: not an index step of '{dag.spec.name}'; "
-                f"index steps: {', '.join(s.name for s in indexes) or 'none'}"
-            )
-        return found[0]  # type: ignore[return-value]
-    if not indexes:
-        raise EmbedpipeError(f"pipeline '{dag.spec.name}' has no index step to search")
-    return indexes[-1]  # type: ignore[return-value]
-
-
-def search(dag: Dag, query: str, k: int = 10, *, step: str | None = None) -> list[dict[str, Any]]:
-    """Top-``k`` chunks for ``query``, best first, encoded exactly as the documents were."""
-    index = index_step(dag, step)
-    encoder = next((s for s in dag.ancestors(index.name) if isinstance(s, Encode)), None)
-    if encoder is None:
-        raise EmbedpipeError(f"index step '{index.name}' has no encode step upstream")
-    ws = Workspace(dag.spec.workspace, dag.spec.path)
-    table = index.table_name(dag.spec.name)
-    if not ws.table_exists(table):
-        raise NotIndexed(
-            f"table '{table}' does not exist in {ws.root} yet; run first: pipe run {dag.spec.path}"
-        )
-    vector = encoder.encode_queries([query])[0]
-    with ws.reading(table):
-        return _search(ws.connect().open_table(table), index, vector, k)
-
-
-def _search(tbl: Any, index: Index, vector: Any, k: int) -> list[dict[str, Any]]:
-    metric = index.config.metric
-    q = (
-        tbl.search(vector, vector_column_name="vector")
-        .distance_type(metric)
-        .limit(k)
-        .select(["chunk_id", "doc_id", "text", "title", "_distance"])
-    )
-    if index.config.ann.type != "none":
-        q = q.nprobes(index.config.ann.nprobes)
-        if index.config.ann.refine_factor:
-            q = q.refine_factor(index.config.ann.refine_factor)
-    hits = []
-    for row in q.to_list():
-        d = float(row.pop("_distance"))
-        score = 1.0 - d if metric in ("cosine", "dot") else -d
-        hits.append(
-            {
-                "doc_id": row["doc_id"],
-                "chunk_id": row["chunk_id"],
-                "score": score,
-                "text": row["text"],
-                "title": row.get("title") or "",
-            }
-        )
-    hits.sort(key=lambda h: h["score"], reverse=True)
-    return hits
+from embedpipe.errors import SqlError
 
 
 def connect(dag: Dag, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
@@ -135,8 +72,9 @@ def sql(dag: Dag, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
             if hurt is not None:
                 raise hurt from exc
         views = sorted(set(ws.tables()) | set(TABLES))
-        raise EmbedpipeError(
-            f"SQL error: {str(exc).splitlines()[0]}. Tables: {', '.join(views)}"
+        raise SqlError(
+            f"SQL error: {str(exc).splitlines()[0]}. Tables: {', '.join(views)}; fix the query "
+            f'(pipe sql {dag.spec.path} "describe TABLE" lists a table\'s columns)'
         ) from exc
 
 

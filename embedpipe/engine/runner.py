@@ -15,10 +15,8 @@ from __future__ import annotations
 import functools
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,34 +24,16 @@ import pyarrow.compute as pc
 from embedpipe.dag import Dag
 from embedpipe.engine.cache import StepCache
 from embedpipe.engine.catalog import Catalog, now
+from embedpipe.engine.executors import Executor, LocalExecutor
+from embedpipe.engine.lance import LanceStore, PlanStore, columns, compare
 from embedpipe.engine.progress import RunProgress
-from embedpipe.engine.workspace import LanceStore, PlanStore, Workspace
-from embedpipe.errors import EmbedpipeError, StepFailed
+from embedpipe.engine.workspace import Workspace
+from embedpipe.errors import EmbedpipeError, SkippedStrict, StepFailed
+from embedpipe.results import Event, Skipped, Stats, StepResult
 from embedpipe.schemas import hash_rows
 from embedpipe.steps.base import Step, StepContext
-from embedpipe.steps.index import Index
 
-
-@dataclass
-class StepResult:
-    rows_in: int = 0
-    rows_out: int = 0
-    computed: int = 0
-    cached: int = 0
-    deleted: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-    status: str = "pending"
-    error: str | None = None
-    # Relative to the live index: documents (source steps) or rows (index steps).
-    new: int = 0
-    changed: int = 0
-    # Plans only: rows left to a run (a step that was not run to count), and its estimated time.
-    estimated: bool = False
-    estimated_seconds: float | None = None
-    commits: bool = False  # an index step's write would commit (rows or ANN index changed)
-    started_at: Any = None
-    skips: list[tuple[str, str]] = field(default_factory=list)
+__all__ = ["Runner", "StepResult", "reason"]
 
 
 class Runner:
@@ -71,14 +51,18 @@ class Runner:
         planning: bool,
         write_caches: bool = True,
         strict: bool = False,
+        executor: Executor | None = None,
     ) -> None:
         self.dag, self.ws, self.run_id, self.staging, self.bars = dag, ws, run_id, staging, bars
         self.catalog = catalog
         self.planning, self.write_caches, self.strict = planning, write_caches, strict
+        # A plan counts in this process: only a run's work goes to the spec's executor.
+        self.executor = executor or LocalExecutor(LocalExecutor.Config())
         self.store: LanceStore | PlanStore = PlanStore(ws) if planning else LanceStore(ws)
         self.results: dict[str, StepResult] = {n: StepResult() for n in dag.order}
         self.version: int | None = None  # the Lance version an index step committed
-        self.used: dict[str, set[str]] = {}  # cache keys each cached step's input had
+        # The cache keys each cached step's input had, as Arrow arrays (see prune_caches).
+        self.used: dict[str, list[pa.Array]] = {}
         self.on_step_done: Callable[[str, StepResult], None] | None = None
 
     def path(self, step: str) -> Path:
@@ -99,7 +83,7 @@ class Runner:
         self.bars.advance(name, res.rows_out)
         self.bars.finish(name, res)
 
-    def context(self) -> StepContext:
+    def context(self, name: str | None = None) -> StepContext:
         return StepContext(
             pipeline=self.dag.spec.name,
             run_id=self.run_id,
@@ -107,6 +91,7 @@ class Runner:
             base_dir=self.dag.spec.base_dir,
             workspace=self.ws.root,
             store=self.store,
+            target=self.dag.targets.get(name) if name else None,
             owned=self.ws.owned(),
         )
 
@@ -114,28 +99,22 @@ class Runner:
         step = self.dag.steps[name]
         res = StepResult(status="running", started_at=now())
         self.results[name] = res
-        ctx = self.context()
+        ctx = self.context(name)
         t0 = time.perf_counter()
         upstream = step.config.inputs()
         self.bars.start(name, sum(self.results[u].rows_out for u in upstream) or None)
         try:
             self._run(step, ctx, res)
-            stats = ctx.stats
-            res.rows_out = stats.get("rows_out", res.rows_out)
-            res.cached = stats.get("cached", res.cached)
-            res.computed = stats.get("computed", res.rows_out - res.cached)
-            res.deleted = stats.get("deleted", res.deleted)
-            res.new = stats.get("new", res.new)
-            res.changed = stats.get("changed", res.changed)
-            res.commits = bool(stats.get("commits", 0))
+            res.absorb(res.stats)
             if res.estimated:
                 res.estimated_seconds = self._estimate(step, res.computed)
-            if "version" in stats:
-                self.version = stats["version"]
-            if self.strict and ctx.skipped:
-                item, why = ctx.skipped[0]
-                raise EmbedpipeError(
-                    f"{len(ctx.skipped)} input(s) skipped and --strict is on; first: {item}: {why}"
+            if "version" in res.stats:
+                self.version = res.stats["version"]
+            if self.strict and res.skips:
+                item, why = res.skips[0]
+                raise SkippedStrict(
+                    f"{len(res.skips)} input(s) skipped and --strict is on; first: {item}: "
+                    f"{why}. Fix or remove those inputs, or run without --strict"
                 )
             res.status = "completed"
         except Exception as exc:
@@ -145,8 +124,8 @@ class Runner:
                 res.error += "\n" + "".join(traceback.format_exception(exc)[-3:])
             raise StepFailed(name, reason(exc), hint=self._hint()) from exc
         finally:
-            res.skips = list(ctx.skipped)
-            res.skipped = len(ctx.skipped)
+            res.skips += [(s.item, s.reason) for s in ctx.drain()]
+            res.skipped = len(res.skips)
             res.seconds = round(time.perf_counter() - t0, 3)
             self.bars.finish(name, res)
         if self.on_step_done:
@@ -169,7 +148,7 @@ class Runner:
         else:
             step.setup(ctx)
             inputs = [Staged(self.path(u), res, None if by_output else tick) for u in upstream]
-            out = counted(step.run(inputs, ctx), res, tick)
+            out = counted(self.executor.run(step, inputs, ctx), res, tick)
         if step.downstream:
             write_staged(self.path(name), out, self.dag.schemas[name])
         else:
@@ -187,7 +166,7 @@ class Runner:
         for schema in (self.dag.schemas[ups[0]], self.dag.schemas[name]):
             if any(schema.get_field_index(c) < 0 for c in step.cache_key):
                 return None
-        return StepCache(self.ws.root, step)
+        return StepCache(self.ws.root, step, writable=self.write_caches)
 
     def _cached(
         self,
@@ -200,9 +179,9 @@ class Runner:
     ) -> Iterator[pa.RecordBatch]:
         """Reuse cached output for input rows whose key is cached; run the step on the rest
         only (and load its model only if there is a rest)."""
-        known = pa.array(sorted(cache.keys(touch=self.write_caches)), pa.string())
-        hits: set[str] = set()
-        used = self.used.setdefault(step.name, set())
+        known = cache.keys(touch=self.write_caches)
+        hits: list[pa.Array] = []
+        used = self.used.setdefault(step.name, [])
         misses = self.path(f"{step.name}.misses")
         todo = 0  # input rows to compute
         with pa.memory_map(str(self.path(upstream))) as source:
@@ -213,15 +192,16 @@ class Runner:
             for batch in read_staged(self.path(upstream)):
                 res.rows_in += batch.num_rows
                 keys = hash_rows(batch, step.cache_key)
-                used.update(keys.to_pylist())
+                used.append(keys)
                 cached = pc.is_in(keys, value_set=known)
-                hits.update(pc.filter(keys, cached).to_pylist())
+                hits.append(pc.filter(keys, cached))
                 rest = batch.filter(pc.invert(cached))
                 todo += rest.num_rows
                 yield rest
 
         write_staged(misses, split(), schema)
-        yield from counted(cache.rows(hits), res, tick, cached=True)
+        found = pa.concat_arrays(hits) if hits else pa.array([], pa.string())
+        yield from counted(cache.rows(found), res, tick, cached=True)
         if not todo:
             return
         if self.planning and not step.plan_runs:
@@ -229,7 +209,7 @@ class Runner:
             yield from self._placeholders(step, Staged(misses), res, cache.schema())
             return
         step.setup(ctx)  # only now load models: an unchanged re-run never does
-        out = step.run([Staged(misses)], ctx)
+        out = self.executor.run(step, [Staged(misses)], ctx)
         yield from counted(cache.tee(out) if self.write_caches else out, res, tick)
 
     def prune_caches(self, runs: list[Runner]) -> None:
@@ -238,7 +218,7 @@ class Runner:
             cache = self._cache_for(name)
             used = next((r.used[name] for r in runs if name in r.used), None)
             if cache is not None and used is not None:
-                cache.prune(used)
+                cache.prune(pa.concat_arrays(used) if used else pa.array([], pa.string()))
 
     def _placeholders(
         self, step: Step, rows: Staged, res: StepResult, schema: pa.Schema | None
@@ -257,27 +237,20 @@ class Runner:
             yield pa.RecordBatch.from_arrays(cols, schema=schema)
 
     def _documents_diff(self, name: str, res: StepResult) -> None:
-        """A source step's documents against those the index holds: new, changed, deleted."""
+        """A source step's documents against those the default index holds: new, changed,
+        deleted (all steps and commands count against the same table)."""
         schema = self.dag.schemas[name]
-        if any(schema.get_field_index(c) < 0 for c in ("doc_id", "content_hash")):
+        cols = ["doc_id", "content_hash"]
+        if any(schema.get_field_index(c) < 0 for c in cols) or not self.dag.targets:
             return
-        have = self.ws.indexed_documents(index_tables(self.dag))
+        have = self.ws.documents(self.dag.index()[1].table)
         if have is None:
             res.new = res.computed = res.rows_out
             return
-        seen = new = changed = 0
-        for batch in read_staged(self.path(name)):
-            for doc_id, h in zip(
-                batch.column("doc_id").to_pylist(),
-                batch.column("content_hash").to_pylist(),
-                strict=True,
-            ):
-                old = have.get(doc_id)
-                seen += old is not None
-                new += old is None
-                changed += old is not None and old != h
-        res.new, res.changed, res.deleted = new, changed, len(have) - seen
-        res.computed = new + changed
+        come = columns(read_staged(self.path(name)), cols)
+        counts = compare(have, come, "doc_id", "content_hash")
+        res.new, res.changed, res.deleted = counts["new"], counts["changed"], counts["deleted"]
+        res.computed = res.new + res.changed
         res.cached = res.rows_out - res.computed
 
     def _estimate(self, step: Step, rows: int) -> float | None:
@@ -294,10 +267,6 @@ class Runner:
             f'pipe sql {spec} "select step, status, error from step_runs {where}" and '
             f'pipe sql {spec} "select * from skipped {where}"; fix, then re-run: pipe run {spec}'
         )
-
-
-def index_tables(dag: Dag) -> list[str]:
-    return [s.table_name(dag.spec.name) for s in dag.steps.values() if isinstance(s, Index)]
 
 
 def reason(exc: BaseException) -> str:
@@ -327,19 +296,26 @@ class Staged:
 
 
 def counted(
-    batches: Iterator[pa.RecordBatch],
+    events: Iterable[Event],
     res: StepResult,
     tick: Callable[[int], None] | None,
     *,
     cached: bool = False,
 ) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        res.rows_out += batch.num_rows
+    """A step's record batches, counted; its ``Skipped`` and ``Stats`` go into ``res``."""
+    for event in events:
+        if isinstance(event, Skipped):
+            res.skips.append((event.item, event.reason))
+            continue
+        if isinstance(event, Stats):
+            res.stats.update(event.values)
+            continue
+        res.rows_out += event.num_rows
         if cached:
-            res.cached += batch.num_rows
+            res.cached += event.num_rows
         if tick:
-            tick(batch.num_rows)
-        yield batch
+            tick(event.num_rows)
+        yield event
 
 
 def write_staged(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:

@@ -12,10 +12,16 @@ import contextlib
 import signal
 from typing import Any
 
-from prefect import flow
+from embedpipe import _env
 
-from embedpipe.engine.orchestrator import check_server
-from embedpipe.errors import EmbedpipeError
+# This module is imported only to schedule (`pipe schedule`, a Prefect worker loading the
+# flow below): Prefect reads its settings when imported, so the defaults go first.
+_env.apply()
+
+from prefect import flow  # noqa: E402
+
+from embedpipe.engine.orchestrator import check_server  # noqa: E402
+from embedpipe.errors import EmbedpipeError  # noqa: E402
 
 
 @flow(

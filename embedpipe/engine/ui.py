@@ -44,6 +44,7 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
 
 def start(port: int = 4200, host: str = "127.0.0.1", wait: float = 120.0) -> dict[str, Any]:
     """Start the server (or find the one running) and wait until its API answers."""
+    _env.apply()  # its environment: analytics off
     running = _state()
     if running and healthy(running["api_url"]):
         return {**running, "already_running": True}

@@ -12,14 +12,14 @@ from typing import Any
 
 from embedpipe.dag import Dag
 from embedpipe.engine.catalog import Catalog, new_run_id, now
-from embedpipe.engine.query import index_step
-from embedpipe.engine.workspace import Workspace, retain
+from embedpipe.engine.lance import retain
+from embedpipe.engine.workspace import Workspace
 from embedpipe.errors import NotIndexed, UsageError, WorkspaceNotWritable
 
 
 def _table(dag: Dag, step: str | None) -> tuple[Workspace, str]:
     ws = Workspace(dag.spec.workspace, dag.spec.path)
-    table = index_step(dag, step).table_name(dag.spec.name)
+    table = dag.index(step)[1].table
     if not ws.table_exists(table):
         raise NotIndexed(
             f"table '{table}' does not exist in {ws.root} yet; run first: pipe run {dag.spec.path}"
@@ -97,7 +97,7 @@ def rollback(dag: Dag, to_version: int, step: str | None = None) -> dict[str, An
         except OSError as exc:
             warnings.append(f"{exc.strerror}; version {tbl.version} is live all the same")
         try:
-            retain(tbl, index_step(dag, step).config.retain)
+            retain(tbl, dag.index(step)[1].retain)
         except Exception as exc:  # older versions stay on disk until the next commit
             warnings.append(f"old versions were not removed ({exc}); the next run retries")
         done = {

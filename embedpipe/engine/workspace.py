@@ -1,4 +1,4 @@
-"""A pipeline's workspace on disk, the Lance store lent to index steps, and the run lock.
+"""A pipeline's workspace on disk: its layout, the run lock, and staging folders.
 
 <workspace>/lance/<table>.lance     LanceDB tables (every run is a new table version)
 <workspace>/catalog.duckdb          runs, step runs, skipped inputs
@@ -15,24 +15,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import lancedb
 import pyarrow as pa
-from lancedb.index import HnswSq, IvfPq
 
-from embedpipe.engine.crash import crash_point
-from embedpipe.errors import EmbedpipeError, IndexDamaged, WorkspaceBusy, WorkspaceNotWritable
-from embedpipe.steps.base import Step
+from embedpipe.errors import IndexDamaged, WorkspaceBusy, WorkspaceNotWritable
 
 SERVER_PID = ".prefect-server.pid"  # see orchestrator.stop_orphaned_server
 STAGING_MARKER = ".embedpipe-run"  # in each run's staging folder: this folder is ours
@@ -112,17 +107,17 @@ class Workspace:
         with self.reading(table):
             return int(self.connect().open_table(table).version)
 
-    def indexed_documents(self, tables: list[str]) -> dict[str, str] | None:
-        """doc_id -> content_hash of the documents the first existing index table holds."""
-        for table in tables:
-            if self.table_exists(table):
-                with self.reading(table):
-                    ds = self.connect().open_table(table).to_lance()
-                    if "content_hash" not in ds.schema.names:
-                        return None
-                    cols = ds.to_table(columns=["doc_id", "content_hash"]).to_pydict()
-                return dict(zip(cols["doc_id"], cols["content_hash"], strict=True))
-        return None
+    def documents(self, table: str) -> pa.Table | None:
+        """The distinct (doc_id, content_hash) pairs ``table`` holds; None when it does not
+        exist or has no such columns."""
+        if not self.table_exists(table):
+            return None
+        with self.reading(table):
+            ds = self.connect().open_table(table).to_lance()
+            if any(c not in ds.schema.names for c in ("doc_id", "content_hash")):
+                return None
+            pairs = ds.to_table(columns=["doc_id", "content_hash"])
+        return pairs.group_by(["doc_id", "content_hash"], use_threads=False).aggregate([])
 
     def connect(self) -> Any:
         return lancedb.connect(str(self.lance_dir))
@@ -201,121 +196,6 @@ class Workspace:
             top.rmdir()  # only when empty
 
 
-class LanceStore:
-    """Writes index steps' rows: one commit per run (upsert by chunk_id + delete vanished)."""
-
-    key = "chunk_id"
-
-    def __init__(self, workspace: Workspace) -> None:
-        self.ws = workspace
-        self.db = workspace.connect()
-
-    def write(
-        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
-    ) -> dict[str, int]:
-        with self.ws.reading(table):
-            return self._write(table, batches, step)
-
-    def _write(
-        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
-    ) -> dict[str, int]:
-        """Make the table hold exactly ``batches()``, in one commit, or in none when it already
-        does. ``batches`` is called once more than the commits it makes: first to diff."""
-        it = batches()
-        first = next(it, None)
-        if first is None:
-            raise _no_rows(table)
-        changed = True
-        if not self.ws.table_exists(table):
-            tbl = self.db.create_table(table, _reader(first, it))
-            n = tbl.count_rows()
-            stats = {"computed": n, "new": n, "changed": 0, "deleted": 0}
-        else:
-            tbl = self.db.open_table(table)
-            same_schema = tbl.schema.remove_metadata().equals(first.schema.remove_metadata())
-            if not same_schema:
-                # A new model, dimension or row layout: replace the rows in one commit.
-                stats = _diff(tbl, chain([first], it))
-                again = batches()
-                head = next(again)
-                tbl = self.db.create_table(table, _reader(head, again), mode="overwrite")
-            else:
-                stats = _diff(tbl, chain([first], it))
-                changed = bool(stats["computed"] or stats["deleted"])
-                if changed:
-                    again = batches()
-                    head = next(again)
-                    (
-                        tbl.merge_insert(self.key)
-                        .when_matched_update_all(where="target.row_hash != source.row_hash")
-                        .when_not_matched_insert_all()
-                        .when_not_matched_by_source_delete()
-                        .execute(_reader(head, again))
-                    )
-        if changed:
-            crash_point("index-commit")
-        rows = tbl.count_rows()
-        built = self._ann(tbl, step, rows, stale=changed)
-        if changed or built:
-            retain(tbl, step.config.retain)  # type: ignore[attr-defined]
-        stats.pop("incoming", None)
-        # Rows left as they were count as cached: computed + cached = rows_out.
-        out = {**stats, "rows_out": rows, "cached": rows - stats["computed"]}
-        if changed or built:
-            return {**out, "version": tbl.version, "commits": 1}
-        return {**out, "commits": 0}
-
-    def _ann(self, tbl: Any, step: Step, rows: int, *, stale: bool) -> bool:
-        """(Re)build the ANN index when configured, big enough, and the rows changed or it is
-        missing; True when it was built (a commit)."""
-        if not ann_due(tbl, step, rows, stale=stale):
-            return False
-        ann = step.config.ann  # type: ignore[attr-defined]
-        metric = step.config.metric  # type: ignore[attr-defined]
-        partitions = ann.partitions if ann.partitions != "auto" else max(1, int(math.sqrt(rows)))
-        if ann.type == "ivf_pq":
-            dims = tbl.schema.field("vector").type.list_size
-            sub = ann.sub_vectors if ann.sub_vectors != "auto" else _sub_vectors(dims)
-            config: Any = IvfPq(
-                distance_type=metric, num_partitions=partitions, num_sub_vectors=sub
-            )
-        else:
-            config = HnswSq(distance_type=metric, num_partitions=partitions)
-        tbl.create_index("vector", config=config, replace=True)
-        return True
-
-
-class PlanStore:
-    """What a plan lends index steps: it diffs the rows against the table and writes nothing."""
-
-    def __init__(self, workspace: Workspace) -> None:
-        self.ws = workspace
-
-    def write(
-        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
-    ) -> dict[str, int]:
-        with self.ws.reading(table):
-            return self._write(table, batches, step)
-
-    def _write(
-        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
-    ) -> dict[str, int]:
-        if not self.ws.table_exists(table):
-            n = sum(b.num_rows for b in batches())
-            if not n:
-                raise _no_rows(table)
-            stats = {"computed": n, "new": n, "changed": 0, "deleted": 0, "rows_out": n}
-            return {**stats, "cached": 0, "commits": 1}
-        tbl = self.ws.connect().open_table(table)
-        stats = _diff(tbl, batches())
-        if not stats.pop("incoming"):
-            raise _no_rows(table)
-        rows = tbl.count_rows() + stats["new"] - stats["deleted"]
-        changed = bool(stats["computed"] or stats["deleted"])
-        commits = changed or ann_due(tbl, step, rows, stale=False)
-        return {**stats, "rows_out": rows, "cached": rows - stats["computed"], "commits": commits}
-
-
 def _ours(folder: Path) -> bool:
     """A run's staging folder: it carries our marker, or (from before markers) is named like
     a run id and holds nothing but staged Arrow files."""
@@ -360,73 +240,3 @@ def damaged(exc: BaseException, table: str, path: Path, spec: object) -> IndexDa
     if "LanceError(Corrupt" in text:
         return IndexDamaged(table, path, "a file of it is corrupt", spec)
     return None
-
-
-def retain(tbl: Any, versions: int | None) -> None:
-    """Remove all but the newest ``versions`` versions, with the files only they use. Files a
-    killed writer left behind are kept (Lance removes those only when a week old)."""
-    if versions is not None:
-        tbl.to_lance().cleanup_old_versions(
-            retain_versions=versions, error_if_tagged_old_versions=False
-        )
-
-
-def _no_rows(table: str) -> EmbedpipeError:
-    return EmbedpipeError(
-        "no rows reached the index (every input was skipped or empty), so table "
-        f"'{table}' was left as it was"
-    )
-
-
-def ann_due(tbl: Any, step: Step, rows: int, *, stale: bool) -> bool:
-    """Whether the ANN index must be (re)built: configured, enough rows, and rows changed or
-    the index is missing."""
-    ann = step.config.ann  # type: ignore[attr-defined]
-    if ann.type == "none" or rows < ann.min_rows:
-        return False
-    return stale or not any(i.columns == ["vector"] for i in tbl.list_indices())
-
-
-def _reader(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
-    return pa.RecordBatchReader.from_batches(first.schema, _crashing(chain([first], rest)))
-
-
-def _crashing(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        yield batch
-        crash_point("index-write")  # Lance took a batch and asks for more: it is mid-write
-
-
-def _diff(tbl: Any, incoming: Iterator[pa.RecordBatch]) -> dict[str, int]:
-    """Rows to insert or update (``computed``) and to delete, by chunk_id and row_hash.
-
-    Unchanged rows are left alone, so their run_id keeps naming the run that wrote them, and a
-    run that changes nothing commits nothing.
-    """
-    ds = tbl.to_lance()
-    if "row_hash" in ds.schema.names:
-        current = ds.to_table(columns=["chunk_id", "row_hash"]).to_pydict()
-        have = dict(zip(current["chunk_id"], current["row_hash"], strict=True))
-    else:  # a table from before row hashes: every row counts as changed
-        have = dict.fromkeys(ds.to_table(columns=["chunk_id"]).column(0).to_pylist(), "")
-    new = changed = seen = 0
-    for batch in incoming:
-        for chunk_id, row_hash in zip(
-            batch.column("chunk_id").to_pylist(), batch.column("row_hash").to_pylist(), strict=True
-        ):
-            old = have.get(chunk_id)
-            seen += old is not None
-            new += old is None
-            changed += old is not None and old != row_hash
-    deleted = len(have) - seen
-    return {"computed": new + changed, "new": new, "changed": changed, "deleted": deleted} | {
-        "incoming": new + seen
-    }
-
-
-def _sub_vectors(dims: int) -> int:
-    """The largest divisor of ``dims`` up to dims/8 (PQ needs dims % sub_vectors == 0)."""
-    for sub in range(max(1, dims // 8), 0, -1):
-        if dims % sub == 0:
-            return sub
-    return 1

@@ -48,9 +48,25 @@ def vector_type(dims: int | None) -> pa.DataType:
     return pa.list_(pa.float32(), dims) if dims else pa.list_(pa.float32())
 
 
+# A step that writes a column meant to be searched by distance marks it with its metric in the
+# field's metadata; index steps declare every marked column of their input as a vector column.
+METRIC = b"embedpipe.metric"
+
+
+def vector_field(name: str, type_: pa.DataType, metric: str) -> pa.Field:
+    """A column searched by ``metric`` (cosine, dot, l2, hamming)."""
+    return pa.field(name, type_, metadata={METRIC: metric.encode()})
+
+
+def metric_of(f: pa.Field) -> str | None:
+    """The metric a vector column was marked with; None for any other column."""
+    value = (f.metadata or {}).get(METRIC)
+    return value.decode() if value else None
+
+
 def embedding_fields(dims: int | None) -> list[pa.Field]:
     return [
-        pa.field("vector", vector_type(dims)),
+        vector_field("vector", vector_type(dims), "cosine"),
         pa.field("model", pa.string()),
         pa.field("model_revision", pa.string()),
         pa.field("dims", pa.int32()),
@@ -65,18 +81,20 @@ def embeddings(dims: int | None) -> pa.Schema:
     )
 
 
-def index(dims: int | None) -> pa.Schema:
-    """The rows of a Lance index table, with lineage columns."""
-    keep = ("chunk_id", "doc_id", "ordinal", "text", "title", "content_hash")
-    return pa.schema(
-        [CHUNKS.field(n) for n in keep]
-        + embedding_fields(dims)
-        + [pa.field("spec_hash", pa.string()), pa.field("run_id", pa.string())]
-        # A digest of the row's other columns (all but ROW_HASH_SKIP): a run rewrites a row only
-        # if it changed; vectors count by their bytes.
-        + [pa.field("row_hash", pa.string())],
-        metadata={"embedpipe.kind": "index"},
-    )
+# Lineage columns say which run and spec wrote a row; they do not make it a different row.
+LINEAGE = ("spec_hash", "run_id")
+ROW_HASH = "row_hash"
+ROW_HASH_SKIP = (*LINEAGE, ROW_HASH)
+
+
+def index_table(upstream: pa.Schema) -> pa.Schema:
+    """The rows of an index table: every column its input writes, in order (field metadata
+    dropped), then the lineage columns and ``row_hash``, a digest of the row's other columns:
+    a run rewrites a row only if it changed (vectors count by their bytes)."""
+    own = set(ROW_HASH_SKIP)
+    kept = [f.remove_metadata() for f in upstream if f.name not in own]
+    extra = [pa.field(n, pa.string()) for n in (*LINEAGE, ROW_HASH)]
+    return pa.schema(kept + extra, metadata={"embedpipe.kind": "index"})
 
 
 def hash_rows(batch: pa.RecordBatch | pa.Table, columns: tuple[str, ...]) -> pa.Array:
@@ -93,14 +111,12 @@ def _row_values(col: pa.Array | pa.ChunkedArray) -> list[bytes]:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     t = col.type
-    if pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type) and not col.null_count:
+    fixed = pa.types.is_fixed_size_list(t)
+    numeric = fixed and (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type))
+    if numeric and not col.null_count:
         flat = col.flatten().to_numpy(zero_copy_only=False)
         return [row.tobytes() for row in flat.reshape(len(col), t.list_size)]
     return [b"" if v is None else str(v).encode() for v in col.to_pylist()]
-
-
-# Lineage columns say which run and spec wrote a row; they do not make it a different row.
-ROW_HASH_SKIP = ("spec_hash", "run_id", "row_hash")
 
 
 # Names `pipe sql` gives the run catalog's views. An index table is a view of its own name

@@ -139,7 +139,11 @@ def load(
     ws = ws if ws.is_absolute() else (Path.cwd() if workspace else base) / ws
     canonical = {
         "name": spec.name,
-        "steps": {n: s.config.model_dump(mode="json") for n, s in sorted(steps.items())},
+        # Speed-only settings (batch size, device, query-time knobs) are left out: changing
+        # one must not look like another pipeline.
+        "steps": {
+            n: {**s.config.identity(), "input": s.config.input} for n, s in sorted(steps.items())
+        },
     }
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
     invalid = frozenset(spec.steps) - frozenset(steps)

@@ -3,7 +3,7 @@ against its own step kind's ``Config`` (see ``embedpipe.spec.load``)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -45,9 +45,31 @@ class ScheduleSpec(BaseModel):
 
 
 class RunnerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """How steps execute; the executor named by ``type`` checks its own further keys."""
 
-    type: Literal["local"] = Field("local", description="Where steps run.")
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str = Field(
+        "local",
+        description="The executor: local (in this process), or one a plugin registers "
+        "through the embedpipe.executors entry-point group.",
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from importlib.metadata import entry_points
+
+        installed = {"local"} | {ep.name for ep in entry_points(group="embedpipe.executors")}
+        if value not in installed:
+            import difflib
+
+            close = difflib.get_close_matches(value, sorted(installed), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(
+                f"unknown executor '{value}'; {hint}installed: {', '.join(sorted(installed))}"
+            )
+        return value
 
 
 class PipelineSpec(BaseModel):

@@ -1,5 +1,32 @@
 """Step kinds: each module holds one step's config model, schemas and run()."""
 
-from embedpipe.steps.base import Link, Step, StepConfig, StepContext
+from embedpipe.results import Event, Hit, Skipped, Stats
+from embedpipe.steps.base import (
+    SPEED_ONLY,
+    Ann,
+    IndexTarget,
+    Link,
+    QueryEncoder,
+    QueryStage,
+    Step,
+    StepConfig,
+    StepContext,
+    VectorColumn,
+)
 
-__all__ = ["Link", "Step", "StepConfig", "StepContext"]
+__all__ = [
+    "SPEED_ONLY",
+    "Ann",
+    "Event",
+    "Hit",
+    "IndexTarget",
+    "Link",
+    "QueryEncoder",
+    "QueryStage",
+    "Skipped",
+    "Stats",
+    "Step",
+    "StepConfig",
+    "StepContext",
+    "VectorColumn",
+]

@@ -9,13 +9,21 @@ models and handles load in ``setup()``, which the engine calls before ``run()``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
+
+from embedpipe.results import Event, Hit, Skipped
+
+# A config field marked with ``json_schema_extra=SPEED_ONLY`` changes how fast a step runs, never
+# what it writes (batch size, device, query-time ANN knobs): it is left out of the cache
+# fingerprint and the spec hash, so changing it re-computes nothing.
+SPEED_ONLY = {"speed_only": True}
 
 
 class StepConfig(BaseModel):
@@ -33,13 +41,99 @@ class StepConfig(BaseModel):
             return []
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
+    def identity(self) -> dict[str, Any]:
+        """The config as JSON, without ``input`` and without speed-only fields: what decides
+        the step's output (the cache fingerprint and the spec hash are made of it)."""
+        return identity(self)
+
+
+def identity(model: BaseModel) -> dict[str, Any]:
+    """``model`` dumped as JSON without its ``input`` and speed-only fields, nested ones too."""
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        if name == "input" or (info.json_schema_extra or {}) == SPEED_ONLY:
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out[name] = identity(value)
+        else:
+            out[name] = model.model_dump(mode="json", include={name})[name]
+    return out
+
+
+# -- what an index step declares (the Lance store builds its table from this alone) -------------
+@dataclass(frozen=True)
+class Ann:
+    """An approximate-nearest-neighbour index on a vector column."""
+
+    kind: str  # ivf_pq | ivf_hnsw_sq | ivf_flat (none: no entry at all)
+    partitions: int | None = None  # None: about sqrt(rows)
+    sub_vectors: int | None = None  # PQ only; None: the largest divisor of d up to d/8
+    min_rows: int = 5000  # built once the table has this many rows
+    # query time (speed only): partitions probed, re-rank k * refine_factor exactly
+    nprobes: int = 20
+    refine_factor: int | None = None
+
+
+@dataclass(frozen=True)
+class VectorColumn:
+    """A column searched by distance: its name, Arrow type, metric and ANN index."""
+
+    name: str
+    type: pa.DataType
+    metric: str  # cosine | dot | l2 | hamming
+    ann: Ann | None = None
+
+
+@dataclass(frozen=True)
+class IndexTarget:
+    """A table an index step writes. Rows are keyed by ``key``; ``lineage`` columns say which
+    run wrote a row and do not make it a different row; every other column (vectors and
+    pass-through ones alike) is part of the row's identity, hashed into ``row_hash``."""
+
+    table: str
+    key: str
+    schema: pa.Schema  # the table's columns: the input's, then lineage and row_hash
+    vectors: tuple[VectorColumn, ...]
+    search: str  # the vector column candidates are found on
+    rescore: str | None = None  # re-score a shortlist of k * shortlist on this column
+    shortlist: int = 1
+    retain: int | None = 10  # versions kept for rollback; None keeps all
+    lineage: tuple[str, ...] = ("spec_hash", "run_id")
+    row_hash: str = "row_hash"
+
+    def vector(self, name: str) -> VectorColumn:
+        return next(v for v in self.vectors if v.name == name)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Pass-through columns: neither key, vector, lineage nor row hash."""
+        own = {self.key, self.row_hash, *self.lineage, *(v.name for v in self.vectors)}
+        return tuple(n for n in self.schema.names if n not in own)
+
 
 class Store(Protocol):
     """What the engine lends a step for writing an index (steps never import LanceDB)."""
 
     def write(
-        self, table: str, batches: Callable[[], Iterator[pa.RecordBatch]], step: Step
+        self, target: IndexTarget, batches: Callable[[], Iterator[pa.RecordBatch]]
     ) -> dict[str, int]: ...
+
+
+# -- what a step contributes to search ------------------------------------------------------------
+QueryEncoder = Callable[[list[str]], np.ndarray]
+
+
+class QueryStage(Protocol):
+    """A query-time stage: takes each query's hits, best first, and returns them re-ordered,
+    annotated (new keys on a hit) or cut. ``columns`` are table columns it reads from hits;
+    it sees ``depth`` * k candidates per query (more, if it reorders or drops hits)."""
+
+    name: str
+    columns: tuple[str, ...]
+    depth: int
+
+    def __call__(self, queries: Sequence[str], hits: list[list[Hit]]) -> list[list[Hit]]: ...
 
 
 @dataclass
@@ -52,11 +146,13 @@ class StepContext:
     base_dir: Path
     workspace: Path
     store: Store | None = None
+    target: IndexTarget | None = None  # the table this step writes, as it declared it
     # What the engine keeps in the workspace (tables, catalog, caches, staged outputs): never a
     # source's document, even with the workspace inside a source folder (``workspace: .``).
     owned: tuple[Path, ...] = ()
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    stats: dict[str, int] = field(default_factory=dict)
+    # Skips recorded with ``skip()`` by a step's helpers, waiting to join its output stream.
+    pending: list[Skipped] = field(default_factory=list)
+    skip_count: int = 0  # skips recorded with ``skip()`` so far, drained or not
 
     def is_owned(self, path: Path) -> bool:
         """Whether ``path`` is (or is inside) something the engine keeps in the workspace."""
@@ -66,8 +162,22 @@ class StepContext:
         return any(real == p or p in real.parents for p in self.owned)
 
     def skip(self, item: str, reason: str) -> None:
-        """Record an input refused by this step; the run goes on."""
-        self.skipped.append((item, reason))
+        """Refuse an input; the run goes on. Shorthand for yielding ``Skipped(item, reason)``
+        from ``run()``, for helpers deep inside a step: the engine moves it into the step's
+        output stream right after the step's next item."""
+        self.pending.append(Skipped(item, reason))
+        self.skip_count += 1
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """Skips ``skip()`` recorded that the engine has not yet taken (all of them when a
+        test runs a step directly)."""
+        return [(s.item, s.reason) for s in self.pending]
+
+    def drain(self) -> list[Skipped]:
+        """Take the skips ``skip()`` recorded (the engine calls this)."""
+        out, self.pending = self.pending, []
+        return out
 
 
 @dataclass(frozen=True)
@@ -94,6 +204,9 @@ class Step:
     # Columns, present in both input and output rows, that determine a row's output: the
     # engine caches outputs by them and re-runs the step only on rows it has not seen.
     cache_key: ClassVar[tuple[str, ...]] = ()
+    # Whether each output row depends on one input row only. Such a step implements ``map()``
+    # over a window of rows, and an executor may run its windows anywhere, in any order.
+    row_wise: ClassVar[bool] = False
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
         self.name = name
@@ -133,6 +246,22 @@ class Step:
         """What else, beyond the config and ``version``, decides the output (model revisions)."""
         return {}
 
+    def models(self) -> list[str]:
+        """The models this step runs, as the spec names them (each run records them)."""
+        return []
+
+    def index_target(self, pipeline: str, inputs: list[Link]) -> IndexTarget | None:
+        """The table this step writes through the store lent to it, if it writes one."""
+        return None
+
+    def query_encoder(self, column: str) -> QueryEncoder | None:
+        """How queries become vectors comparable with ``column``, when this step made it."""
+        return None
+
+    def query_stages(self) -> list[QueryStage]:
+        """Stages this step adds to every search of an index it feeds or reads, in DAG order."""
+        return []
+
     def preflight(self) -> list[tuple[tuple[str, ...], str]]:
         """Checks against the outside world (do the sources exist?), for validate and run only:
         searching an existing index must work even when its sources are gone."""
@@ -142,11 +271,26 @@ class Step:
     def setup(self, ctx: StepContext) -> None:
         """Load models, open files: the heavy work construction must not do."""
 
-    def run(
-        self, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext
-    ) -> Iterator[pa.RecordBatch]:
-        """Stream output batches. Each input is an iterable of record batches; iterating it
-        again starts again from its first batch."""
+    def run(self, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext) -> Iterator[Event]:
+        """Stream output: record batches, plus ``Skipped`` inputs and ``Stats`` as they happen.
+        Each input is an iterable of record batches; iterating it again starts from its first
+        batch. A row-wise step need not override this: it maps windows of its one input."""
+        if not self.row_wise:
+            raise NotImplementedError(f"{type(self).__name__} must implement run() or map()")
+        for window in self.windows(inputs[0]):
+            yield from self.map(window, ctx)
+
+    def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
+        """How a row-wise step's input is cut into ``map()`` calls (an executor may send each
+        window to another worker); default: tables of ``window_rows()`` rows."""
+        return rebatch(iter(rows), self.window_rows())
+
+    def window_rows(self) -> int:
+        """Rows per ``map()`` call of a row-wise step (default ``windows()``)."""
+        return 4096
+
+    def map(self, rows: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
+        """A row-wise step's work on one window of input rows (see ``row_wise``)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from pydantic import Field, ValidationInfo, field_validator
 
 from embedpipe import models, schemas
+from embedpipe.results import Event
 from embedpipe.steps.base import Link, Step, StepConfig, StepContext
 
 Span = tuple[int, int]  # character offsets [start, end) in the document text
@@ -96,6 +97,7 @@ class Chunk(Step):
     reads = pa.schema([schemas.DOCUMENTS.field(n) for n in ("doc_id", "text", "title")])
     version = 3  # 2: windows end at word boundaries; 3: room left for a prepended title
     cache_key = ("doc_id", "content_hash")  # a document's chunks depend on its text and title
+    row_wise = True  # a document's chunks depend on that document alone
     config: ChunkConfig
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
@@ -129,47 +131,46 @@ class Chunk(Step):
     def setup(self, ctx: StepContext) -> None:
         self._tok = models.tokenizer(self.tokenizer_model())
 
-    def run(
-        self, inputs: list[Iterator[pa.RecordBatch]], ctx: StepContext
-    ) -> Iterator[pa.RecordBatch]:
+    def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        # Ingest's batches are already bounded by characters, however long the documents.
+        return (b for b in rows if b.num_rows)  # the tokenizer cannot take an empty list
+
+    def map(self, batch: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
         specials = self._tok.num_special_tokens_to_add()
         budget = self.config.max_tokens - specials
-        for batch in inputs[0]:
-            if batch.num_rows == 0:
-                continue  # the tokenizer cannot take an empty list
-            ids = batch.column("doc_id").to_pylist()
-            titles = batch.column("title").to_pylist()
-            has_hash = "content_hash" in batch.schema.names
-            hashes = batch.column("content_hash").to_pylist() if has_hash else None
-            reserved = self._title_tokens(batch.column("title"), budget)
-            rows: list[dict[str, Any]] = []
-            size, flushed = 0, False  # characters of chunk text in rows; a batch yielded yet
-            for i, text, tokens in self._tokenized(batch.column("text")):
-                ordinal = 0
-                for (start, end), n_tokens in self._split(text, tokens, budget - reserved[i]):
-                    piece = text[start:end]
-                    if not piece.strip():
-                        continue
-                    rows.append(
-                        {
-                            "chunk_id": f"{ids[i]}#{ordinal}",
-                            "doc_id": ids[i],
-                            "ordinal": ordinal,
-                            "text": piece,
-                            "title": titles[i],
-                            "n_tokens": n_tokens + specials,
-                            "char_start": start,
-                            "char_end": end,
-                            "content_hash": hashes[i] if hashes else None,
-                        }
-                    )
-                    ordinal += 1
-                    size += len(piece)
-                    if size >= _FLUSH:  # a long document's chunks do not pile up in memory
-                        yield pa.RecordBatch.from_pylist(rows, schema=schemas.CHUNKS)
-                        rows, size, flushed = [], 0, True
-            if rows or not flushed:
-                yield pa.RecordBatch.from_pylist(rows, schema=schemas.CHUNKS)
+        ids = batch.column("doc_id").to_pylist()
+        titles = batch.column("title").to_pylist()
+        has_hash = "content_hash" in batch.schema.names
+        hashes = batch.column("content_hash").to_pylist() if has_hash else None
+        reserved = self._title_tokens(batch.column("title"), budget)
+        rows: list[dict[str, Any]] = []
+        size, flushed = 0, False  # characters of chunk text in rows; a batch yielded yet
+        for i, text, tokens in self._tokenized(batch.column("text")):
+            ordinal = 0
+            for (start, end), n_tokens in self._split(text, tokens, budget - reserved[i]):
+                piece = text[start:end]
+                if not piece.strip():
+                    continue
+                rows.append(
+                    {
+                        "chunk_id": f"{ids[i]}#{ordinal}",
+                        "doc_id": ids[i],
+                        "ordinal": ordinal,
+                        "text": piece,
+                        "title": titles[i],
+                        "n_tokens": n_tokens + specials,
+                        "char_start": start,
+                        "char_end": end,
+                        "content_hash": hashes[i] if hashes else None,
+                    }
+                )
+                ordinal += 1
+                size += len(piece)
+                if size >= _FLUSH:  # a long document's chunks do not pile up in memory
+                    yield pa.RecordBatch.from_pylist(rows, schema=schemas.CHUNKS)
+                    rows, size, flushed = [], 0, True
+        if rows or not flushed:
+            yield pa.RecordBatch.from_pylist(rows, schema=schemas.CHUNKS)
 
     def _tokenized(self, texts: pa.Array) -> Iterator[tuple[int, str, _Tokens]]:
         """(row, text, its tokens) for each text of a batch column (null as empty). Texts up

@@ -11,7 +11,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedpipe import models, schemas
-from embedpipe.steps.base import Link, Step, StepConfig, StepContext, rebatch
+from embedpipe.results import Event
+from embedpipe.steps.base import SPEED_ONLY, Link, QueryEncoder, Step, StepConfig, StepContext
 
 
 class Prompts(BaseModel):
@@ -27,7 +28,10 @@ class EncodeConfig(StepConfig):
         description="A sentence-transformers model: the shipped default, a local folder "
         "(relative to the spec) or a hub id already in the local cache.",
     )
-    batch_size: int = Field(32, gt=0, le=4096, description="Texts per forward pass.")
+    batch_size: int = Field(
+        32, gt=0, le=4096, description="Texts per forward pass (speed only: changing it "
+        "re-encodes nothing).", json_schema_extra=SPEED_ONLY,
+    )  # fmt: skip
     prompts: Prompts = Field(default_factory=Prompts)
     normalize: bool = Field(True, description="L2-normalise vectors (cosine = dot product).")
     include_title: bool = Field(
@@ -36,7 +40,10 @@ class EncodeConfig(StepConfig):
     max_tokens: int | None = Field(
         None, gt=8, description="Truncate inputs to this many tokens (default: the model's)."
     )
-    device: str | None = Field(None, description="cpu, cuda, mps; default: the best available.")
+    device: str | None = Field(
+        None, description="cpu, cuda, mps; default: the best available (speed only).",
+        json_schema_extra=SPEED_ONLY,
+    )  # fmt: skip
 
 
 class Encode(Step):
@@ -60,6 +67,7 @@ class Encode(Step):
     # The vector depends on title and text only; content_hash and char_start are in the key so
     # that a reused row never carries stale lineage (an edited document is re-encoded whole).
     cache_key = ("chunk_id", "content_hash", "char_start", "title", "text")
+    row_wise = True  # one vector per chunk, from that chunk alone
     config: EncodeConfig
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
@@ -82,6 +90,9 @@ class Encode(Step):
         return pa.schema(
             kept + schemas.embedding_fields(self.dims), metadata={"embedpipe.kind": "embeddings"}
         )
+
+    def models(self) -> list[str]:
+        return [self.config.model]
 
     def fingerprint(self) -> dict[str, str]:
         ref = self.model_ref
@@ -118,31 +129,34 @@ class Encode(Step):
         self.setup()
         return self._encode(queries, self.config.prompts.query)
 
-    def run(
-        self, inputs: list[Iterator[pa.RecordBatch]], ctx: StepContext
-    ) -> Iterator[pa.RecordBatch]:
-        ref = self.model_ref
-        dims = self._dims
-        assert dims is not None, "setup() loads the model before run()"
+    def query_encoder(self, column: str) -> QueryEncoder | None:
+        return self.encode_queries if column == "vector" else None
+
+    def window_rows(self) -> int:
         # sentence-transformers sorts each call's texts by length to cut padding; a window of
         # many batches gets nearly all of that gain while memory stays bounded.
-        window = self.config.batch_size * 64
-        for table in rebatch(inputs[0], window):
-            texts = table.column("text").to_pylist()
-            if self.config.include_title and "title" in table.column_names:
-                titles = table.column("title").to_pylist()
-                texts = [f"{t}\n\n{x}" if t else x for t, x in zip(titles, texts, strict=True)]
-            vectors = self._encode(texts, self.config.prompts.document)
-            n = table.num_rows
-            own = {f.name for f in schemas.embedding_fields(None)}
-            table = table.drop_columns([c for c in table.column_names if c in own])
-            columns = {
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dims),
-                "model": pa.array([ref.name] * n, pa.string()),
-                "model_revision": pa.array([ref.revision] * n, pa.string()),
-                "dims": pa.array([dims] * n, pa.int32()),
-                "normalized": pa.array([self.config.normalize] * n, pa.bool_()),
-            }
-            for name, column in columns.items():
-                table = table.append_column(name, column)
-            yield from table.to_batches()
+        return self.config.batch_size * 64
+
+    def map(self, rows: pa.Table, ctx: StepContext) -> Iterator[Event]:
+        ref = self.model_ref
+        dims = self._dims
+        assert dims is not None, "setup() loads the model before map()"
+        table = rows
+        texts = table.column("text").to_pylist()
+        if self.config.include_title and "title" in table.column_names:
+            titles = table.column("title").to_pylist()
+            texts = [f"{t}\n\n{x}" if t else x for t, x in zip(titles, texts, strict=True)]
+        vectors = self._encode(texts, self.config.prompts.document)
+        n = table.num_rows
+        own = {f.name for f in schemas.embedding_fields(None)}
+        table = table.drop_columns([c for c in table.column_names if c in own])
+        columns = {
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dims),
+            "model": pa.array([ref.name] * n, pa.string()),
+            "model_revision": pa.array([ref.revision] * n, pa.string()),
+            "dims": pa.array([dims] * n, pa.int32()),
+            "normalized": pa.array([self.config.normalize] * n, pa.bool_()),
+        }
+        for name, column in columns.items():
+            table = table.append_column(name, column)
+        yield from table.to_batches()

@@ -6,11 +6,20 @@ from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedpipe import schemas
-from embedpipe.steps.base import Link, Step, StepConfig, StepContext
+from embedpipe.results import Event, Stats
+from embedpipe.steps.base import (
+    SPEED_ONLY,
+    Ann,
+    IndexTarget,
+    Link,
+    Step,
+    StepConfig,
+    StepContext,
+    VectorColumn,
+)
 
 
 class AnnConfig(BaseModel):
@@ -26,10 +35,26 @@ class AnnConfig(BaseModel):
     min_rows: int = Field(
         5000, ge=256, description="Build the ANN index only once the table has this many rows."
     )
-    nprobes: int = Field(20, gt=0, description="Partitions probed per query.")
+    nprobes: int = Field(
+        20, gt=0, description="Partitions probed per query (query time only).",
+        json_schema_extra=SPEED_ONLY,
+    )  # fmt: skip
     refine_factor: int | None = Field(
-        None, gt=0, description="Re-rank k * this many candidates with exact distances."
-    )
+        None, gt=0, description="Re-rank k * this many candidates with exact distances "
+        "(query time only).", json_schema_extra=SPEED_ONLY,
+    )  # fmt: skip
+
+    def declared(self) -> Ann | None:
+        if self.type == "none":
+            return None
+        return Ann(
+            kind=self.type,
+            partitions=None if self.partitions == "auto" else self.partitions,
+            sub_vectors=None if self.sub_vectors == "auto" else self.sub_vectors,
+            min_rows=self.min_rows,
+            nprobes=self.nprobes,
+            refine_factor=self.refine_factor,
+        )
 
 
 class IndexConfig(StepConfig):
@@ -40,11 +65,21 @@ class IndexConfig(StepConfig):
         "`pipe sql`, so not runs, step_runs, skipped, a DuckDB reserved word or another index "
         "step's table.",
     )
-    metric: Literal["cosine", "dot", "l2"] = Field("cosine", description="Vector distance.")
+    column: str = Field(
+        "vector", description="The vector column searched (one an upstream step marked)."
+    )
+    metric: Literal["cosine", "dot", "l2", "hamming"] | None = Field(
+        None, description="Distance on `column` (default: the one its step marked it with)."
+    )
     dims: int | None = Field(
         None, gt=0, description="Expected vector dimension; checked against the input."
     )
     ann: AnnConfig = Field(default_factory=AnnConfig)
+    rescore: int | None = Field(
+        None, ge=1, description="Re-score a shortlist of k * this many candidates on "
+        "`rescore_column` (exact distances on another vector column)."
+    )  # fmt: skip
+    rescore_column: str = Field("vector", description="The vector column that re-scores.")
     retain: int | None = Field(
         10,
         ge=1,
@@ -54,7 +89,7 @@ class IndexConfig(StepConfig):
 
 
 class Index(Step):
-    """Write a LanceDB table: one row per chunk, with its vector, text and lineage.
+    """Write a LanceDB table: one row per chunk, with its vectors, text and lineage.
 
     ```yaml
     index:
@@ -65,53 +100,99 @@ class Index(Step):
       ann: {type: ivf_pq}        # or none (exact search, the default)
       retain: 10                 # table versions kept for pipe rollback
     ```
-    A run commits one new table version, or none when no row changed: rows are upserted by
-    chunk_id, and rows of chunks that no longer exist are deleted in the same commit.
+    Every column the input writes lands in the table (and so in `pipe sql`); columns upstream
+    steps marked as vectors are searchable. A run commits one new table version, or none when
+    no row changed: rows are upserted by chunk_id, and rows of chunks that no longer exist are
+    deleted in the same commit.
     """
 
     type = "index"
     Config = IndexConfig
     config: IndexConfig
+    key = "chunk_id"
 
     def requires(self) -> pa.Schema:
-        own = schemas.index(self.config.dims)
-        return pa.schema([own.field(n) for n in ("chunk_id", "doc_id", "text", "vector")])
+        fields = [schemas.CHUNKS.field(n) for n in ("chunk_id", "doc_id", "text")]
+        if self.config.metric != "hamming":  # codes are checked in check(): any integer type
+            fields.append(pa.field(self.config.column, schemas.vector_type(self.config.dims)))
+        return pa.schema(fields)
 
     def table_name(self, pipeline: str) -> str:
         return self.config.table or pipeline.replace("-", "_")
 
     def output_schema(self, inputs: list[Link]) -> pa.Schema:
-        dims = None
-        if inputs:
-            i = inputs[0].schema.get_field_index("vector")
-            dims = schemas.dims_of(inputs[0].schema.field(i).type) if i >= 0 else None
-        return schemas.index(dims or self.config.dims)
+        upstream = inputs[0].schema if inputs else schemas.embeddings(self.config.dims)
+        return schemas.index_table(upstream)
 
-    def run(
-        self, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext
-    ) -> Iterator[pa.RecordBatch]:
-        assert ctx.store is not None, "the engine lends the index step a store"
+    def check(self, inputs: list[Link]) -> list[tuple[tuple[str, ...], str]]:
+        if not inputs:
+            return []
+        marked = {f.name: schemas.metric_of(f) for f in inputs[0].schema if schemas.metric_of(f)}
+        problems: list[tuple[tuple[str, ...], str]] = []
+        for key in ("column", "rescore_column"):
+            name = getattr(self.config, key)
+            if key == "rescore_column" and not self.config.rescore:
+                continue
+            if name not in marked and inputs[0].schema.get_field_index(name) >= 0:
+                problems.append(((key,), f"'{name}' is not a vector column; vector columns: "
+                                 f"{', '.join(marked) or 'none'}"))  # fmt: skip
+        col = inputs[0].schema.get_field_index(self.config.column)
+        metric = self.config.metric or marked.get(self.config.column)
+        if col >= 0 and metric:
+            value = getattr(inputs[0].schema.field(col).type, "value_type", None)
+            codes = value is not None and pa.types.is_integer(value)
+            if (metric == "hamming") != codes:
+                want = "an integer code column" if metric == "hamming" else "a float column"
+                problems.append((("metric",), f"{metric} needs {want}; '{self.config.column}' "
+                                 f"is {schemas.type_name(inputs[0].schema.field(col).type)}"))  # fmt: skip
+        if self.config.rescore and self.config.rescore_column == self.config.column:
+            problems.append(
+                (("rescore_column",), "must differ from `column` (it re-scores its shortlist)")
+            )
+        return problems
+
+    def index_target(self, pipeline: str, inputs: list[Link]) -> IndexTarget:
+        schema = self.output_schema(inputs)
+        upstream = inputs[0].schema if inputs else schemas.embeddings(self.config.dims)
+        vectors = []
+        for f in upstream:
+            metric = schemas.metric_of(f)
+            if metric is None:
+                continue
+            searched = f.name == self.config.column
+            vectors.append(
+                VectorColumn(
+                    name=f.name,
+                    type=f.type,
+                    metric=(self.config.metric or metric) if searched else metric,
+                    ann=self.config.ann.declared() if searched else None,
+                )
+            )
+        return IndexTarget(
+            table=self.table_name(pipeline),
+            key=self.key,
+            schema=schema,
+            vectors=tuple(vectors),
+            search=self.config.column,
+            rescore=self.config.rescore_column if self.config.rescore else None,
+            shortlist=self.config.rescore or 1,
+            retain=self.config.retain,
+            lineage=schemas.LINEAGE,
+            row_hash=schemas.ROW_HASH,
+        )
+
+    def run(self, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext) -> Iterator[Event]:
+        assert ctx.store is not None and ctx.target is not None, "the engine lends a store"
+        given = {"spec_hash": ctx.spec_hash, "run_id": ctx.run_id}
 
         def rows() -> Iterator[pa.RecordBatch]:
             """The table's rows; the store may call this twice (diff, then write)."""
             for batch in inputs[0]:
-                # Plans pass rows not yet encoded with a null vector of unknown size.
-                schema = schemas.index(schemas.dims_of(batch.schema.field("vector").type))
                 n = batch.num_rows
-                given = {"spec_hash": ctx.spec_hash, "run_id": ctx.run_id}
-                cols = [
-                    pa.array([given[f.name]] * n, f.type)
-                    if f.name in given
-                    else pc.cast(batch.column(f.name), f.type)
-                    if f.name in batch.schema.names
-                    else pa.nulls(n, f.type)
-                    for f in schema
-                ]
-                out = pa.RecordBatch.from_arrays(cols, schema=schema)
-                decides = tuple(n for n in schema.names if n not in schemas.ROW_HASH_SKIP)
-                row_hash = schemas.hash_rows(out, decides)
-                yield out.set_column(schema.get_field_index("row_hash"), "row_hash", row_hash)
+                for name, value in given.items():
+                    if name in batch.schema.names:
+                        batch = batch.drop_columns([name])
+                    batch = batch.append_column(name, pa.array([value] * n, pa.string()))
+                yield batch
 
-        result = ctx.store.write(self.table_name(ctx.pipeline), rows, self)
-        ctx.stats.update(result)
-        yield from ()
+        yield Stats(ctx.store.write(ctx.target, rows))

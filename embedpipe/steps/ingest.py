@@ -239,7 +239,7 @@ class Ingest(Step):
         id_field = cfg.id_field or ("_id" if fmt == "beir" else None)
         needed = [cfg.text_field, id_field]
         limit = int(cfg.max_file_mb * 2**20)
-        skipped_before, found = len(ctx.skipped), 0
+        skipped_before, found = ctx.skip_count, 0
         for n, record in records(path, fmt, rel, ctx, cfg.max_file_mb, needed):
             found += 1
             where = f"{rel}:{n}"
@@ -258,7 +258,7 @@ class Ingest(Step):
             used = {id_field, cfg.text_field, cfg.title_field}
             meta = {k: v for k, v in record.items() if k not in used}
             yield Doc(doc_id, record[cfg.text_field], str(title or ""), where, meta)
-        if not found and len(ctx.skipped) == skipped_before:  # else the file vanishes silently
+        if not found and ctx.skip_count == skipped_before:  # else the file vanishes silently
             raise Skip(
                 _NO_ROWS.get(fmt, "file has no JSON records (only blank lines, or an empty array)")
             )

@@ -1,0 +1,117 @@
+"""Executors: how a step's work is carried out, picked by the spec's ``runner: {type: ...}``.
+
+The engine hands an executor a step, its inputs and its context, and takes back the step's
+events (record batches, ``Skipped``, ``Stats``) in order. ``local`` runs everything in this
+process. A step that declares ``row_wise`` exposes its work as ``map()`` over windows of its
+input (``windows()``), so an executor may run those windows elsewhere, in parallel, and only
+has to return each window's events in input order; any other step runs whole, here.
+
+Executors register through the ``embedpipe.executors`` entry-point group, like steps::
+
+    [project.entry-points."embedpipe.executors"]
+    ray = "my_package.ray_executor:RayExecutor"
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from embedpipe.errors import PluginError, UsageError
+from embedpipe.results import Event
+from embedpipe.steps.base import Step, StepContext
+
+GROUP = "embedpipe.executors"
+
+
+class ExecutorConfig(BaseModel):
+    """An executor's keys under ``runner:`` (``type`` picks the executor)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = "local"
+
+
+class Executor:
+    """Base class: runs steps; subclasses may override ``map_windows`` to fan windows out."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ExecutorConfig]] = ExecutorConfig
+
+    def __init__(self, config: ExecutorConfig) -> None:
+        self.config = config
+
+    def run(
+        self, step: Step, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext
+    ) -> Iterator[Event]:
+        """The step's events. Skips its helpers record with ``ctx.skip()`` join the stream
+        right after the item during which they were recorded."""
+        if step.row_wise:
+            source = self.map_windows(step, step.windows(inputs[0]), ctx)
+        else:
+            source = step.run(inputs, ctx)
+        for event in source:
+            yield from ctx.drain()
+            yield event
+        yield from ctx.drain()
+
+    def map_windows(
+        self, step: Step, windows: Iterator[pa.Table | pa.RecordBatch], ctx: StepContext
+    ) -> Iterator[Event]:
+        """A row-wise step's events, window by window, in input order."""
+        for window in windows:
+            yield from step.map(window, ctx)
+
+    def close(self) -> None:
+        """Release workers, connections (called once the run is over)."""
+
+
+class LocalExecutor(Executor):
+    """Every step in this process, one after another (the default)."""
+
+    name = "local"
+
+
+@functools.cache
+def executor_types() -> dict[str, type[Executor]]:
+    found: dict[str, type[Executor]] = {"local": LocalExecutor}
+    for ep in entry_points(group=GROUP):
+        if ep.name in found:
+            continue  # built-ins cannot be shadowed
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"executor plugin '{ep.name}' ({ep.value}) failed to import: {exc}; "
+                "reinstall or uninstall that package"
+            ) from exc
+        if not (isinstance(cls, type) and issubclass(cls, Executor)):
+            raise PluginError(
+                f"executor plugin '{ep.name}' ({ep.value}) is not an embedpipe Executor; "
+                "it must subclass embedpipe.engine.executors.Executor"
+            )
+        found[ep.name] = cls
+    return found
+
+
+def make(runner: Any) -> Executor:
+    """The executor the spec's ``runner:`` section names, with its settings checked."""
+    settings = runner.model_dump() if isinstance(runner, BaseModel) else dict(runner or {})
+    kind = settings.get("type", "local")
+    types = executor_types()
+    if kind not in types:
+        raise UsageError(
+            f"runner.type: unknown executor '{kind}'; installed: {', '.join(sorted(types))}"
+        )
+    cls = types[kind]
+    try:
+        return cls(cls.Config(**settings))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UsageError(f"runner.{where}: {first['msg']}") from None

@@ -1,0 +1,248 @@
+"""The Lance store: writes the tables index steps declare, and the plan's dry run of it.
+
+An index step hands the store an ``IndexTarget`` (key, columns, vector columns with metric and
+ANN settings, lineage, retention) and its rows; everything here follows from that declaration.
+A write makes the table hold exactly those rows in one commit (upsert by key, delete rows whose
+key vanished), or in none when no row changed; the diff compares each row's ``row_hash``, a
+digest of every column but the lineage ones.
+
+Keys and hashes are compared as Arrow arrays (no Python set or string per row), so memory
+grows with the bytes of the keys, never with Python object overhead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from lancedb.index import HnswSq, IvfFlat, IvfPq
+
+from embedpipe.engine.crash import crash_point
+from embedpipe.engine.workspace import Workspace
+from embedpipe.errors import NoRows
+from embedpipe.schemas import hash_rows
+from embedpipe.steps.base import IndexTarget, VectorColumn
+
+Rows = Callable[[], Iterator[pa.RecordBatch]]
+
+
+def conform(batch: pa.RecordBatch, target: IndexTarget) -> pa.RecordBatch:
+    """``batch`` as a row of ``target``'s table: its declared columns in order (cast where a
+    step wrote another type; absent ones null), and ``row_hash`` computed."""
+    n = batch.num_rows
+    names = batch.schema.names
+    cols, fields = [], []
+    for f in target.schema:
+        if f.name == target.row_hash:
+            continue
+        if f.name not in names:
+            cols.append(pa.nulls(n, f.type))
+            fields.append(f)
+            continue
+        col = batch.column(f.name)
+        have = col.type
+        # A vector column declared before its dimension was known takes the batch's own size.
+        if pa.types.is_list(f.type) and pa.types.is_fixed_size_list(have):
+            f = f.with_type(have)
+        elif not have.equals(f.type):
+            col = pc.cast(col, f.type)
+        cols.append(col)
+        fields.append(f)
+    out = pa.RecordBatch.from_arrays(cols, schema=pa.schema(fields))
+    decides = tuple(n for n in out.schema.names if n not in target.lineage)
+    return out.append_column(pa.field(target.row_hash, pa.string()), hash_rows(out, decides))
+
+
+class LanceStore:
+    """Writes index steps' rows: one commit per run (upsert by key + delete vanished)."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.ws = workspace
+        self.db = workspace.connect()
+
+    def write(self, target: IndexTarget, batches: Rows) -> dict[str, int]:
+        with self.ws.reading(target.table):
+            return self._write(target, lambda: (conform(b, target) for b in batches()))
+
+    def _write(self, target: IndexTarget, batches: Rows) -> dict[str, int]:
+        """Make the table hold exactly ``batches()``, in one commit, or in none when it already
+        does. ``batches`` is called once more than the commits it makes: first to diff."""
+        table = target.table
+        it = batches()
+        first = next(it, None)
+        if first is None:
+            raise NoRows(table)
+        changed = True
+        if not self.ws.table_exists(table):
+            tbl = self.db.create_table(table, _reader(first, it))
+            n = tbl.count_rows()
+            stats = {"computed": n, "new": n, "changed": 0, "deleted": 0}
+        else:
+            tbl = self.db.open_table(table)
+            same_schema = tbl.schema.remove_metadata().equals(first.schema.remove_metadata())
+            stats = diff(tbl, chain([first], it), target)
+            if not same_schema:
+                # A new model, dimension or row layout: replace the rows in one commit.
+                again = batches()
+                head = next(again)
+                tbl = self.db.create_table(table, _reader(head, again), mode="overwrite")
+            else:
+                changed = bool(stats["computed"] or stats["deleted"])
+                if changed:
+                    again = batches()
+                    head = next(again)
+                    (
+                        tbl.merge_insert(target.key)
+                        .when_matched_update_all(
+                            where=f"target.{target.row_hash} != source.{target.row_hash}"
+                        )
+                        .when_not_matched_insert_all()
+                        .when_not_matched_by_source_delete()
+                        .execute(_reader(head, again))
+                    )
+        if changed:
+            crash_point("index-commit")
+        rows = tbl.count_rows()
+        built = self._ann(tbl, target, rows, stale=changed)
+        if changed or built:
+            retain(tbl, target.retain)
+        stats.pop("incoming", None)
+        # Rows left as they were count as cached: computed + cached = rows_out.
+        out = {**stats, "rows_out": rows, "cached": rows - stats["computed"]}
+        if changed or built:
+            return {**out, "version": tbl.version, "commits": 1}
+        return {**out, "commits": 0}
+
+    def _ann(self, tbl: Any, target: IndexTarget, rows: int, *, stale: bool) -> bool:
+        """(Re)build the ANN index of each vector column that declares one, once the table is
+        big enough, when rows changed or it is missing; True when one was built (a commit)."""
+        built = False
+        for column in target.vectors:
+            if ann_due(tbl, column, rows, stale=stale):
+                tbl.create_index(column.name, config=_ann_config(column, rows), replace=True)
+                built = True
+        return built
+
+
+def _ann_config(column: VectorColumn, rows: int) -> Any:
+    ann = column.ann
+    assert ann is not None
+    partitions = ann.partitions or max(1, int(math.sqrt(rows)))
+    metric = column.metric
+    if ann.kind == "ivf_pq":
+        sub = ann.sub_vectors or _sub_vectors(column.type.list_size)
+        return IvfPq(distance_type=metric, num_partitions=partitions, num_sub_vectors=sub)
+    if ann.kind == "ivf_flat":
+        return IvfFlat(distance_type=metric, num_partitions=partitions)
+    return HnswSq(distance_type=metric, num_partitions=partitions)
+
+
+class PlanStore:
+    """What a plan lends index steps: it diffs the rows against the table and writes nothing."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.ws = workspace
+
+    def write(self, target: IndexTarget, batches: Rows) -> dict[str, int]:
+        with self.ws.reading(target.table):
+            return self._write(target, lambda: (conform(b, target) for b in batches()))
+
+    def _write(self, target: IndexTarget, batches: Rows) -> dict[str, int]:
+        table = target.table
+        if not self.ws.table_exists(table):
+            n = sum(b.num_rows for b in batches())
+            if not n:
+                raise NoRows(table)
+            stats = {"computed": n, "new": n, "changed": 0, "deleted": 0, "rows_out": n}
+            return {**stats, "cached": 0, "commits": 1}
+        tbl = self.ws.connect().open_table(table)
+        stats = diff(tbl, batches(), target)
+        if not stats.pop("incoming"):
+            raise NoRows(table)
+        rows = tbl.count_rows() + stats["new"] - stats["deleted"]
+        changed = bool(stats["computed"] or stats["deleted"])
+        due = any(ann_due(tbl, c, rows, stale=False) for c in target.vectors)
+        commits = changed or due
+        return {**stats, "rows_out": rows, "cached": rows - stats["computed"], "commits": commits}
+
+
+def retain(tbl: Any, versions: int | None) -> None:
+    """Remove all but the newest ``versions`` versions, with the files only they use. Files a
+    killed writer left behind are kept (Lance removes those only when a week old)."""
+    if versions is not None:
+        tbl.to_lance().cleanup_old_versions(
+            retain_versions=versions, error_if_tagged_old_versions=False
+        )
+
+
+def ann_due(tbl: Any, column: VectorColumn, rows: int, *, stale: bool) -> bool:
+    """Whether ``column``'s ANN index must be (re)built: declared, enough rows, and rows changed
+    or the index is missing."""
+    if column.ann is None or rows < column.ann.min_rows:
+        return False
+    return stale or not any(i.columns == [column.name] for i in tbl.list_indices())
+
+
+def _reader(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
+    return pa.RecordBatchReader.from_batches(first.schema, _crashing(chain([first], rest)))
+
+
+def _crashing(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        yield batch
+        crash_point("index-write")  # Lance took a batch and asks for more: it is mid-write
+
+
+def diff(tbl: Any, incoming: Iterator[pa.RecordBatch], target: IndexTarget) -> dict[str, int]:
+    """Rows to insert or update (``computed``) and to delete, by key and row hash.
+
+    Unchanged rows are left alone, so their run_id keeps naming the run that wrote them, and a
+    run that changes nothing commits nothing.
+    """
+    key, row_hash = target.key, target.row_hash
+    ds = tbl.to_lance()
+    if row_hash in ds.schema.names:
+        have = ds.to_table(columns=[key, row_hash])
+    else:  # a table from before row hashes: every row counts as changed
+        keys = ds.to_table(columns=[key]).column(key)
+        have = pa.table({key: keys, row_hash: pa.nulls(len(keys), pa.string())})
+    return compare(have, columns(incoming, [key, row_hash]), key, row_hash)
+
+
+def columns(batches: Iterable[pa.RecordBatch], names: list[str]) -> pa.Table:
+    """Just ``names`` (string columns) of ``batches``, as one table."""
+    parts: dict[str, list[pa.Array]] = {n: [] for n in names}
+    for batch in batches:
+        for n in names:
+            parts[n].append(batch.column(n))
+    return pa.table({n: pa.chunked_array(parts[n], pa.string()) for n in names})
+
+
+def compare(have: pa.Table, come: pa.Table, key: str, value: str) -> dict[str, int]:
+    """``come`` against ``have`` (both key -> value): new, changed and deleted keys."""
+    come = come.combine_chunks()
+    have = have.combine_chunks()
+    known = pc.is_in(come.column(key), value_set=have.column(key))
+    seen = pc.sum(known).as_py() or 0
+    new = len(come) - seen
+    both = come.filter(known).join(
+        have.rename_columns([key, "_old"]), key, join_type="inner", use_threads=False
+    )
+    same = pc.equal(both.column(value), both.column("_old"))
+    changed = len(both) - (pc.sum(pc.fill_null(same, False)).as_py() or 0)
+    deleted = len(have) - seen
+    return {"computed": new + changed, "new": new, "changed": changed, "deleted": deleted} | {
+        "incoming": len(come)
+    }
+
+
+def _sub_vectors(dims: int) -> int:
+    """The largest divisor of ``dims`` up to dims/8 (PQ needs dims % sub_vectors == 0)."""
+    for sub in range(max(1, dims // 8), 0, -1):
+        if dims % sub == 0:
+            return sub
+    return 1

@@ -1,0 +1,154 @@
+"""Search as a pipeline of stages, none of them named by the engine.
+
+1. **Encode** the queries with the encoder the step that made the searched column supplies
+   (``Step.query_encoder``), in batches.
+2. **Candidates**: nearest rows on the index's search column, with its metric and ANN knobs.
+3. **Re-score** (when the index declares one): a shortlist of ``k * shortlist`` candidates
+   scored exactly on another vector column, with that column's own query encoder.
+4. **Stages** that steps contribute (``Step.query_stages``): those of the index step, of the
+   steps it reads from and of the steps that read it, in DAG order (a relevance filter, a
+   re-ranker). Each may re-order, annotate or cut the hits; the first ``k`` are returned.
+
+A ``Searcher`` opens the table once: a batch of queries (``search_many``, for evaluation) costs
+one open and one encoder call per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from embedpipe.dag import Dag
+from embedpipe.engine.workspace import Workspace
+from embedpipe.errors import NoQueryEncoder, NotIndexed
+from embedpipe.results import Hit
+from embedpipe.steps.base import QueryEncoder, QueryStage, VectorColumn
+
+SHOWN = ("doc_id", "chunk_id", "text", "title")  # what every hit carries, where the table has it
+
+
+def score(metric: str, distance: np.ndarray | float) -> Any:
+    """Higher is better: similarity for cosine and dot (Lance returns 1 - similarity), the
+    negated distance otherwise."""
+    return 1.0 - distance if metric in ("cosine", "dot") else -distance
+
+
+class Searcher:
+    """Searches one index step's table; built once, used for any number of queries."""
+
+    def __init__(self, dag: Dag, step: str | None = None) -> None:
+        self.dag = dag
+        self.step, self.target = dag.index(step)
+        self.ws = Workspace(dag.spec.workspace, dag.spec.path)
+        table = self.target.table
+        if not self.ws.table_exists(table):
+            raise NotIndexed(
+                f"table '{table}' does not exist in {self.ws.root} yet; run first: "
+                f"pipe run {dag.spec.path}"
+            )
+        self.column = self.target.vector(self.target.search)
+        self.encode = self._encoder(self.column.name)
+        self.rescore: VectorColumn | None = None
+        self.encode_rescore: QueryEncoder | None = None
+        if self.target.rescore:
+            self.rescore = self.target.vector(self.target.rescore)
+            self.encode_rescore = self._encoder(self.rescore.name)
+        self.stages = self._stages()
+        with self.ws.reading(table):
+            self.tbl = self.ws.connect().open_table(table)
+            have = set(self.tbl.schema.names)
+        wanted = [*SHOWN, self.target.key] + [c for s in self.stages for c in s.columns]
+        if self.rescore:
+            wanted.append(self.rescore.name)
+        self.columns = list(dict.fromkeys(c for c in wanted if c in have))
+
+    def _encoder(self, column: str) -> QueryEncoder:
+        """The query encoder of the step nearest the index that supplies one for ``column``."""
+        for step in [self.dag.steps[self.step], *self.dag.ancestors(self.step)]:
+            encoder = step.query_encoder(column)
+            if encoder is not None:
+                return encoder
+        raise NoQueryEncoder(
+            f"no step upstream of index step '{self.step}' can encode a query for its vector "
+            f"column '{column}'; the step that writes '{column}' must implement query_encoder()"
+        )
+
+    def _stages(self) -> list[QueryStage]:
+        related = {self.step}
+        related |= {s.name for s in self.dag.ancestors(self.step)}
+        related |= {s.name for s in self.dag.descendants(self.step)}
+        return [
+            st for n in self.dag.order if n in related for st in self.dag.steps[n].query_stages()
+        ]
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        """Top-``k`` hits for ``query``, best first."""
+        return self.search_many([query], k)[0]
+
+    def search_many(
+        self, queries: Sequence[str], k: int = 10, *, batch: int = 64
+    ) -> list[list[Hit]]:
+        """Top-``k`` hits for each query, best first; queries are encoded ``batch`` at a time."""
+        out: list[list[Hit]] = []
+        for i in range(0, len(queries), batch):
+            part = list(queries[i : i + batch])
+            vectors = self.encode(part)
+            rescore = self.encode_rescore(part) if self.encode_rescore else None
+            depth = max([1, *(s.depth for s in self.stages)])
+            hits = []
+            for j, vector in enumerate(vectors):
+                found = self._candidates(vector, k * max(depth, self.target.shortlist))
+                if rescore is not None:
+                    found = self._rescored(found, rescore[j])[: k * depth]
+                hits.append(found)
+            for stage in self.stages:
+                hits = stage(part, hits)
+            # Columns fetched only for stages are theirs; a hit keeps what they added.
+            internal = set(self.columns) - {*SHOWN, self.target.key}
+            out.extend([{c: v for c, v in h.items() if c not in internal} for h in found[:k]]
+                       for found in hits)  # fmt: skip
+        return out
+
+    def _candidates(self, vector: np.ndarray, n: int) -> list[Hit]:
+        column, ann = self.column, self.column.ann
+        q = (
+            self.tbl.search(vector, vector_column_name=column.name)
+            .distance_type(column.metric)
+            .limit(n)
+            .select([*self.columns, "_distance"])
+        )
+        if ann is not None:
+            q = q.nprobes(ann.nprobes)
+            if ann.refine_factor:
+                q = q.refine_factor(ann.refine_factor)
+        with self.ws.reading(self.target.table):
+            rows = q.to_list()
+        hits = []
+        for row in rows:
+            row["score"] = float(score(column.metric, float(row.pop("_distance"))))
+            row.setdefault("title", "")
+            row["title"] = row["title"] or ""
+            hits.append(row)
+        hits.sort(key=lambda h: h["score"], reverse=True)
+        return hits
+
+    def _rescored(self, hits: list[Hit], query: np.ndarray) -> list[Hit]:
+        """``hits`` re-scored exactly on the re-score column, best first."""
+        assert self.rescore is not None
+        if not hits:
+            return hits
+        name, metric = self.rescore.name, self.rescore.metric
+        docs = np.asarray([h.pop(name) for h in hits], dtype=np.float32)
+        q = np.asarray(query, dtype=np.float32)
+        if metric == "cosine":
+            norms = np.linalg.norm(docs, axis=1) * (np.linalg.norm(q) or 1.0)
+            sims = docs @ q / np.where(norms == 0, 1.0, norms)
+        elif metric == "dot":
+            sims = docs @ q
+        else:  # l2: negated distance
+            sims = -np.linalg.norm(docs - q, axis=1)
+        for h, s in zip(hits, sims, strict=True):
+            h["score"] = float(s)
+        return sorted(hits, key=lambda h: h["score"], reverse=True)
