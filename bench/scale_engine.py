@@ -3,14 +3,17 @@
 
     .venv/bin/python bench/scale_engine.py [--scales 1,10] [--pipe PATH] [--out DIR] [--write]
 
-Encode cost is taken out: the spec encodes with a random-weight 1-layer BERT (hidden 384, the
-tokenizer of the default all-MiniLM-L6-v2, fixed seed) saved as a local sentence-transformers
-folder (Transformer + mean Pooling) under OUT/model. For each scale ×k the SciFact corpus is
-written k times over to OUT/x{k}/corpus.jsonl, each copy with new ids (``{_id}-r{i}``), so ×k
-has k times the documents and chunks. The spec is ingest (beir) → chunk (tokens, 128) → encode
-(that model) → index. Per scale, each run is a whole `pipe run SPEC --json --workspace WS`
-process under bench/_rusage.py (as in incremental.py), in one fresh workspace OUT/x{k}/workspace
-with a fresh PREFECT_HOME:
+Encode cost is taken out: the spec encodes with a random-weight 1-layer BERT (hidden 64, the
+tokenizer of the default all-MiniLM-L6-v2, fixed seed; a random Dense layer maps its mean-pooled
+output to 384 dimensions, the default model's, so rows and vectors have their real size) saved
+as a local sentence-transformers folder under OUT/model, and `pipe` runs with one torch thread
+(OMP_NUM_THREADS=1, --torch-threads), which encodes it fastest on a busy 2-core machine.
+
+For each scale ×k the SciFact corpus is written k times over to OUT/x{k}/corpus.jsonl, each
+copy with new ids (``{_id}-r{i}``), so ×k has k times the documents and chunks. The spec is
+ingest (beir) → chunk (tokens, 128) → encode (that model) → index. Per scale, each run is a
+whole `pipe run SPEC --json --workspace WS` process under bench/_rusage.py (as in
+incremental.py), in one fresh workspace OUT/x{k}/workspace with a fresh PREFECT_HOME:
 
 1. full      empty workspace
 2. no-op     nothing changed
@@ -70,13 +73,14 @@ APPENDED = " This sentence was appended by bench/scale_engine.py to measure a 1%
 RSS_TARGET = 1.2
 RUNS = ("full", "no-op", "1% edit")
 WALL_TARGETS = ("no-op", "1% edit")  # wall time growing no faster than the corpus
-# The model: a real BERT layer's shape (MiniLM's), one layer, random weights.
+# The model: one small BERT layer with random weights; a Dense layer gives real-size vectors.
 MODEL = {
-    "hidden_size": 384,
+    "hidden_size": 64,
     "num_hidden_layers": 1,
-    "num_attention_heads": 12,
-    "intermediate_size": 1536,
+    "num_attention_heads": 4,
+    "intermediate_size": 256,
     "max_seq_length": 256,
+    "dims": 384,
     "seed": 0,
 }
 TABLE = "scale"
@@ -141,6 +145,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--max-tokens", type=int, default=128, help="chunk size (default 128)")
     parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS of the `pipe` processes (default 1)",
+    )
+    parser.add_argument(
         "--write", action="store_true", help=f"rewrite the {SECTION!r} section of RESULTS.md"
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="the Markdown to update")
@@ -197,7 +207,7 @@ def build_model(folder: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
 
@@ -220,7 +230,8 @@ def build_model(folder: Path) -> None:
     tokenizer.save_pretrained(hf)
     transformer = Transformer(str(hf), max_seq_length=MODEL["max_seq_length"])
     pooling = Pooling(MODEL["hidden_size"], pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
+    dense = Dense(MODEL["hidden_size"], MODEL["dims"], activation_function=torch.nn.Identity())
+    SentenceTransformer(modules=[transformer, pooling, dense], device="cpu").save(str(folder))
     shutil.rmtree(hf, ignore_errors=True)
     if not (folder / "tokenizer.json").is_file():
         raise BenchError(f"{folder} has no tokenizer.json")
@@ -497,8 +508,10 @@ def section(
         "",
         f"SciFact ({lo.docs // lo.k:,} documents{limit}) replicated with new ids: {scale_list}. "
         f"Encode cost taken out: a random-weight {MODEL['num_hidden_layers']}-layer BERT "
-        f"(hidden {MODEL['hidden_size']}, all-MiniLM-L6-v2's tokenizer, seed {MODEL['seed']}) "
-        f"as a local sentence-transformers folder; chunks of {args.max_tokens} tokens.",
+        f"(hidden {MODEL['hidden_size']}, all-MiniLM-L6-v2's tokenizer, seed {MODEL['seed']}, "
+        f"a random Dense layer to {MODEL['dims']} dimensions) as a local "
+        f"sentence-transformers folder, {args.torch_threads} torch thread(s) "
+        f"(OMP_NUM_THREADS); token chunks of at most {args.max_tokens} tokens.",
         "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Command: `{command_line(__file__)}`",
@@ -533,6 +546,7 @@ def bench(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ["HF_HUB_OFFLINE"] = "1"  # the `pipe run` processes inherit these
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
     where = engine(args.pipe, args.out)
     console.print(f"engine: {where[0]} (commit {where[1]}); pipe: {args.pipe}")
     model = args.out / "model"
