@@ -7,7 +7,6 @@ pipe.search("how do I add a step?", k=5)
 pipe.sql("select count(*) from quickstart")
 """
 
-from embedpipe import _env  # noqa: F401  (must run before Prefect / HF imports)
 from embedpipe.api import Pipeline, load
 from embedpipe.errors import EmbedpipeError, SpecError
 

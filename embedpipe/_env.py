@@ -1,6 +1,9 @@
 """Process defaults that must be set before Prefect or Hugging Face libraries are imported.
 
-Users' own settings always win: every value is a default (``setdefault``).
+Users' own settings always win: every value is a default (``setdefault``). ``apply`` sets
+them; importing embedpipe does not. The `pipe` command applies them first thing, the runner
+(``engine.flow.execute`` and ``plan``) and ``pipe schedule`` before they import Prefect, and
+``models`` before Hugging Face loads a model or tokenizer (``Pipeline.search`` included).
 """
 
 from __future__ import annotations
@@ -63,14 +66,17 @@ def ui_url() -> str | None:
 
 
 USER_API_URL = os.environ.get("PREFECT_API_URL")  # the user's own, before apply() sets one
+_SET_API_URL: str | None = None  # the PREFECT_API_URL apply() set, if it set one
 
 
 def apply() -> None:
+    """Set the defaults in ``os.environ`` (where unset); cheap, and safe to call again."""
+    global USER_API_URL, _SET_API_URL
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
     # Runs report to the server `pipe ui` started; a PREFECT_API_URL the user set wins.
-    if "PREFECT_API_URL" not in os.environ and (url := ui_url()):
-        os.environ["PREFECT_API_URL"] = url
-
-
-apply()
+    current = os.environ.get("PREFECT_API_URL")
+    if current is None or current != _SET_API_URL:  # not the one an earlier call set
+        USER_API_URL = current
+    if current is None and (url := ui_url()):
+        os.environ["PREFECT_API_URL"] = _SET_API_URL = url

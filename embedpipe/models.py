@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from embedpipe import _env
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), "sentence-transformers/all-minilm-l6-v2", "default"}
 
@@ -89,6 +91,7 @@ def resolve(name: str, base_dir: Path | None = None) -> ModelRef:
         rev = _folder_revision(candidate)
         return ModelRef(name, str(candidate.resolve()), rev, _dims_from_folder(candidate), True)
     # A hub id: find it in the local Hugging Face cache if it is there; never download here.
+    _env.apply()  # huggingface_hub reads HF_HUB_OFFLINE once, when first imported
     try:
         from huggingface_hub import snapshot_download
 
@@ -102,19 +105,22 @@ _LOCK = threading.Lock()
 
 
 @functools.cache
-def _load(location: str, device: str | None) -> Any:
+def _load(location: str, device: str | None, local_only: bool) -> Any:
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would break our own
-    return SentenceTransformer(location, device=device)
+    return SentenceTransformer(location, device=device, local_files_only=local_only)
 
 
 def load(ref: ModelRef, device: str | None = None) -> Any:
-    """The SentenceTransformer for ``ref``; loaded once per process and device."""
+    """The SentenceTransformer for ``ref``; loaded once per process and device. Offline
+    unless the user set HF_HUB_OFFLINE=0, even where Hugging Face was imported (and read
+    the variable) before the defaults were applied."""
+    _env.apply()
     with _LOCK:
         try:
-            return _load(ref.location, device)
+            return _load(ref.location, device, not downloads_allowed())
         except OSError as exc:
             raise LookupError(
                 f"cannot load model '{ref.name}': {exc}. Give a local sentence-transformers "
@@ -125,14 +131,15 @@ def load(ref: ModelRef, device: str | None = None) -> Any:
 
 def tokenizer(ref: ModelRef) -> Any:
     """The model's fast tokenizer, for counting tokens the way the encoder will."""
+    _env.apply()
     try:
-        return _tokenizer(ref.location)
+        return _tokenizer(ref.location, not downloads_allowed())
     except (OSError, ValueError) as exc:
         raise LookupError(f"cannot load the tokenizer of model '{ref.name}': {exc}") from exc
 
 
 @functools.cache
-def _tokenizer(location: str) -> Any:
+def _tokenizer(location: str, local_only: bool) -> Any:
     path = Path(location) / "tokenizer.json"
     if path.is_file():
         return RustTokenizer(path)
@@ -140,7 +147,7 @@ def _tokenizer(location: str) -> Any:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # token-count warnings on long documents are expected
-    return AutoTokenizer.from_pretrained(location, use_fast=True)
+    return AutoTokenizer.from_pretrained(location, use_fast=True, local_files_only=local_only)
 
 
 class RustTokenizer:
@@ -174,9 +181,14 @@ class RustTokenizer:
         return {k: v[0] for k, v in out.items()} if isinstance(texts, str) else out
 
 
+def downloads_allowed() -> bool:
+    """Whether the user allowed model downloads (HF_HUB_OFFLINE=0); off by default."""
+    return os.environ.get("HF_HUB_OFFLINE", "1") in ("0", "false", "False")
+
+
 def unavailable(ref: ModelRef) -> str | None:
     """Why ``ref`` cannot load here, when that is knowable without loading it."""
-    if ref.local or os.environ.get("HF_HUB_OFFLINE", "1") in ("0", "false", "False"):
+    if ref.local or downloads_allowed():
         return None
     return (
         f"model '{ref.name}' is not a local folder and not in the Hugging Face cache, and "

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import embedpipe  # noqa: F401  (applies the package's environment defaults first)
+from embedpipe import _env
+
+_env.apply()  # as `pipe` and the runner do (importing embedpipe sets nothing)
 
 # Six short documents on distinct topics: each query below has one clearly right answer.
 CORPUS = [

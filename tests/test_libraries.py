@@ -7,17 +7,19 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from embedpipe import _env
-from embedpipe.engine import orchestrator, ui
+from embedpipe import _env, models
+from embedpipe.engine import flow, orchestrator, ui
 from embedpipe.engine.workspace import SERVER_PID
 from embedpipe.steps import chunk as chunk_module
 from embedpipe.steps.sources import walk
@@ -271,3 +273,109 @@ def test_stop_orphaned_server(tmp_path: Path, processes: list[int]) -> None:
         orchestrator.stop_orphaned_server(tmp_path)
         assert not pid_file.exists()
     orchestrator.stop_orphaned_server(tmp_path)  # no file at all
+
+
+# -- environment defaults: applied by the CLI and the runner, not by `import embedpipe` ---------
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """This process's environment without the defaults, and a home with no `pipe ui` state."""
+    env = {k: v for k, v in os.environ.items() if k not in _env.DEFAULTS}
+    env.pop("PREFECT_API_URL", None)
+    return env | {"EMBEDPIPE_HOME": str(tmp_path / "home")}
+
+
+def run_python(code: str, env: dict[str, str]) -> Any:
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_embedpipe_leaves_the_environment_alone(tmp_path: Path) -> None:
+    code = (
+        "import json, os\n"
+        "before = dict(os.environ)\n"
+        "import embedpipe, embedpipe.api, embedpipe.cli, embedpipe.models, embedpipe.engine.flow\n"
+        "print(json.dumps(dict(os.environ) == before))\n"
+    )
+    assert run_python(code, clean_env(tmp_path)) is True
+
+
+def test_the_cli_applies_the_defaults_first(tmp_path: Path) -> None:
+    keys = sorted(_env.DEFAULTS)
+    code = (
+        "import atexit, json, os, sys\n"
+        "sys.argv = ['pipe', '--help']\n"
+        "from embedpipe import cli\n"
+        f"atexit.register(lambda: print(json.dumps({{k: os.environ.get(k) for k in {keys!r}}})))\n"
+        "cli.main()  # ends with os._exit, after the exit handlers\n"
+    )
+    assert run_python(code, clean_env(tmp_path)) == _env.DEFAULTS
+    # the user's own settings win
+    mine = run_python(code, clean_env(tmp_path) | {"HF_HUB_OFFLINE": "0", "DO_NOT_TRACK": "0"})
+    assert mine == _env.DEFAULTS | {"HF_HUB_OFFLINE": "0", "DO_NOT_TRACK": "0"}
+
+
+class Applied(Exception):
+    """Raised by a stand-in for _env.apply: proof it ran before anything else."""
+
+
+def stub_apply() -> None:
+    raise Applied
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: flow.execute(None),  # type: ignore[arg-type]
+        lambda: flow.plan(None),  # type: ignore[arg-type]
+        lambda: models.load(models.ModelRef("m", "/nowhere", "r", None, False)),
+        lambda: models.tokenizer(models.ModelRef("m", "/nowhere", "r", None, False)),
+        lambda: ui.start(port=9),
+    ],
+    ids=["execute", "plan", "load", "tokenizer", "ui-start"],
+)
+def test_the_runner_and_model_loading_apply_the_defaults_first(
+    monkeypatch: pytest.MonkeyPatch, call: Callable[[], object]
+) -> None:
+    monkeypatch.setattr(_env, "apply", stub_apply)
+    with pytest.raises(Applied):
+        call()
+
+
+def test_models_load_with_local_files_only_unless_downloads_are_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hugging Face reads HF_HUB_OFFLINE once, when imported: a program that imported it
+    before the defaults were applied still loads models from local files only."""
+    monkeypatch.setattr(models, "_load", lambda location, device, local_only: local_only)
+    monkeypatch.setattr(models, "_tokenizer", lambda location, local_only: local_only)
+    ref = models.ModelRef("m", "some/hub-id", "r", None, False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert models.load(ref) is True and models.tokenizer(ref) is True
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # applied
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert models.load(ref) is False and models.tokenizer(ref) is False
+
+
+def test_user_api_url_is_the_users_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: list[int]
+) -> None:
+    """With `pipe ui`'s server alive, apply() points runs at it, unless the user set
+    PREFECT_API_URL; USER_API_URL is always what the user set (None: nothing)."""
+    server = subprocess.Popen(STAND_IN)
+    processes.append(server.pid)
+    monkeypatch.setenv("EMBEDPIPE_HOME", str(tmp_path))
+    (tmp_path / "ui.json").write_text(json.dumps({"pid": server.pid, "api_url": "http://ui/api"}))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(_env, "USER_API_URL", None)
+    monkeypatch.setattr(_env, "_SET_API_URL", None)
+    for _ in range(2):  # a second call changes nothing
+        _env.apply()
+        assert os.environ["PREFECT_API_URL"] == "http://ui/api" and _env.USER_API_URL is None
+    monkeypatch.setenv("PREFECT_API_URL", "http://mine/api")
+    _env.apply()
+    assert os.environ["PREFECT_API_URL"] == "http://mine/api"
+    assert _env.USER_API_URL == "http://mine/api"
