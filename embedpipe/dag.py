@@ -35,8 +35,9 @@ class Dag:
 
     @property
     def default_index(self) -> str | None:
-        """The step whose table commands use when none is named: the last in DAG order."""
-        return next(reversed(self.targets), None)
+        """The step whose table every command uses when none is named (``--step``): the last
+        step in the spec file that writes a table."""
+        return next((n for n in reversed(self.spec.steps) if n in self.targets), None)
 
     def index(self, step: str | None = None) -> tuple[str, IndexTarget]:
         """An index step by name (``--step``), or the default one, with its table."""

@@ -37,13 +37,13 @@ from embedpipe.engine.lance import columns, compare, conform
 from embedpipe.errors import NoRows
 from embedpipe.results import Skipped, Stats
 from embedpipe.schemas import mismatches
-from embedpipe.steps.base import SPEED_ONLY, IndexTarget, Link, Step, StepContext
+from embedpipe.steps.base import QUERY_TIME, SPEED_ONLY, IndexTarget, Link, Step, StepContext
 
 __all__ = [
     "FakeStore",
-    "assert_same_rows",
     "StepContract",
     "StepOutput",
+    "assert_same_rows",
     "make_context",
     "make_step",
     "run_step",
@@ -252,7 +252,7 @@ class StepContract:
         step = self.make()
         identity = step.config.identity()
         for name, info in type(step.config).model_fields.items():
-            if (info.json_schema_extra or {}) == SPEED_ONLY:
+            if (info.json_schema_extra or {}) in (SPEED_ONLY, QUERY_TIME):
                 assert name not in identity
 
     def test_index_target_matches_output(self) -> None:

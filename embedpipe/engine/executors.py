@@ -50,7 +50,7 @@ class Executor:
         self, step: Step, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext
     ) -> Iterator[Event]:
         """The step's events. Skips its helpers record with ``ctx.skip()`` join the stream
-        right after the item during which they were recorded."""
+        just before the item during whose making they were recorded."""
         if step.row_wise:
             source = self.map_windows(step, step.windows(inputs[0]), ctx)
         else:

@@ -73,6 +73,7 @@ def execute(
     console = console or Console(stderr=True)
     tables = dag.tables()
     models = sorted({m for s in dag.steps.values() for m in s.models()})
+    executor = executors.make(spec.spec.runner)  # its settings are checked before anything
     with ws.lock(spec.name):
         try:
             ws.clear_staging()  # left by a run that was killed
@@ -154,20 +155,16 @@ def execute(
                         "Prefect was not started (the next run that starts it records this one)"
                     )
             else:
-                executor = executors.make(spec.spec.runner)
                 runner = Runner(
                     dag, ws, result.run_id, ws.staging(result.run_id),
                     RunProgress(console, dag.order, enabled=progress), catalog,
                     planning=False, strict=strict, executor=executor,
                 )  # fmt: skip
                 result.steps = runner.results
-                try:
-                    with runner.bars:
-                        orchestrator.run_flow(
-                            dag, runner, planner, result, catalog, prefect_logs=prefect_logs
-                        )
-                finally:
-                    executor.close()
+                with runner.bars:
+                    orchestrator.run_flow(
+                        dag, runner, planner, result, catalog, prefect_logs=prefect_logs
+                    )
                 result.lance_version = runner.version
                 prefect_state = "recorded"
             result.status = "completed"
@@ -189,6 +186,8 @@ def execute(
             result.error = "interrupted (Ctrl-C); nothing was committed by the interrupted step"
             raise
         finally:
+            with contextlib.suppress(Exception):
+                executor.close()
             with contextlib.suppress(OSError):
                 ws.clear_staging()
             try:

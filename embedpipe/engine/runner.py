@@ -60,10 +60,17 @@ class Runner:
         self.executor = executor or LocalExecutor(LocalExecutor.Config())
         self.store: LanceStore | PlanStore = PlanStore(ws) if planning else LanceStore(ws)
         self.results: dict[str, StepResult] = {n: StepResult() for n in dag.order}
-        self.version: int | None = None  # the Lance version an index step committed
+        self.versions: dict[str, int] = {}  # the Lance version each index step committed
         # The cache keys each cached step's input had, as Arrow arrays (see prune_caches).
         self.used: dict[str, list[pa.Array]] = {}
         self.on_step_done: Callable[[str, StepResult], None] | None = None
+
+    @property
+    def version(self) -> int | None:
+        """The version the run committed to the default index's table (the run's
+        ``lance_version``); None when that table was left as it was."""
+        default = self.dag.default_index
+        return self.versions.get(default) if default else None
 
     def path(self, step: str) -> Path:
         return self.staging / f"{step}.arrow"
@@ -109,7 +116,7 @@ class Runner:
             if res.estimated:
                 res.estimated_seconds = self._estimate(step, res.computed)
             if "version" in res.stats:
-                self.version = res.stats["version"]
+                self.versions[name] = res.stats["version"]
             if self.strict and res.skips:
                 item, why = res.skips[0]
                 raise SkippedStrict(
@@ -309,6 +316,14 @@ def counted(
             continue
         if isinstance(event, Stats):
             res.stats.update(event.values)
+            continue
+        if isinstance(event, pa.Table):  # a step may yield a table: staged batch by batch
+            for batch in event.to_batches():
+                res.rows_out += batch.num_rows
+                res.cached += batch.num_rows if cached else 0
+                if tick:
+                    tick(batch.num_rows)
+                yield batch
             continue
         res.rows_out += event.num_rows
         if cached:

@@ -35,6 +35,22 @@ def score(metric: str, distance: np.ndarray | float) -> Any:
     return 1.0 - distance if metric in ("cosine", "dot") else -distance
 
 
+def similarity(metric: str, docs: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Exact scores of ``docs`` (one row each) for ``query``, on the scale ``score`` gives
+    Lance's distances: cosine and dot similarity, negated squared L2 (as Lance measures it),
+    negated Hamming distance between bit-packed codes."""
+    if metric == "hamming":
+        diff = np.bitwise_xor(docs.astype(np.uint8), query.astype(np.uint8))
+        return -np.unpackbits(diff, axis=1).sum(axis=1).astype(np.float64)
+    d, q = docs.astype(np.float32), query.astype(np.float32)
+    if metric == "cosine":
+        norms = np.linalg.norm(d, axis=1) * (np.linalg.norm(q) or 1.0)
+        return d @ q / np.where(norms == 0, 1.0, norms)
+    if metric == "dot":
+        return d @ q
+    return -((d - q) ** 2).sum(axis=1)
+
+
 class Searcher:
     """Searches one index step's table; built once, used for any number of queries."""
 
@@ -140,15 +156,7 @@ class Searcher:
         if not hits:
             return hits
         name, metric = self.rescore.name, self.rescore.metric
-        docs = np.asarray([h.pop(name) for h in hits], dtype=np.float32)
-        q = np.asarray(query, dtype=np.float32)
-        if metric == "cosine":
-            norms = np.linalg.norm(docs, axis=1) * (np.linalg.norm(q) or 1.0)
-            sims = docs @ q / np.where(norms == 0, 1.0, norms)
-        elif metric == "dot":
-            sims = docs @ q
-        else:  # l2: negated distance
-            sims = -np.linalg.norm(docs - q, axis=1)
+        sims = similarity(metric, np.asarray([h.pop(name) for h in hits]), np.asarray(query))
         for h, s in zip(hits, sims, strict=True):
             h["score"] = float(s)
         return sorted(hits, key=lambda h: h["score"], reverse=True)

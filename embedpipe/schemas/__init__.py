@@ -58,6 +58,14 @@ def vector_field(name: str, type_: pa.DataType, metric: str) -> pa.Field:
     return pa.field(name, type_, metadata={METRIC: metric.encode()})
 
 
+ANY_VECTOR = b"embedpipe.any_vector"
+
+
+def any_vector(name: str, dims: int | None = None) -> pa.Field:
+    """A required column: any vector of numbers (floats or integer codes) of ``dims``."""
+    return pa.field(name, vector_type(dims), metadata={ANY_VECTOR: b"1"})
+
+
 def metric_of(f: pa.Field) -> str | None:
     """The metric a vector column was marked with; None for any other column."""
     value = (f.metadata or {}).get(METRIC)
@@ -167,6 +175,12 @@ def _compatible(have: pa.DataType, want: pa.DataType) -> bool:
     return False
 
 
+def _numeric_vector(t: pa.DataType) -> bool:
+    if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t)):
+        return False
+    return pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)
+
+
 def mismatches(produced: pa.Schema, required: pa.Schema) -> list[str]:
     """Why ``produced`` cannot feed a step that requires ``required`` (empty if it can)."""
     problems = []
@@ -179,6 +193,8 @@ def mismatches(produced: pa.Schema, required: pa.Schema) -> list[str]:
         hd, wd = dims_of(have), dims_of(want.type)
         if hd and wd and hd != wd:
             problems.append(f"'{want.name}' holds {hd}-dim vectors, {wd}-dim required")
+        elif (want.metadata or {}).get(ANY_VECTOR) and _numeric_vector(have):
+            continue
         elif not _compatible(have, want.type):
             problems.append(f"'{want.name}' is {type_name(have)}, {type_name(want.type)} required")
     return problems

@@ -2,6 +2,7 @@
 
 from embedpipe.results import Event, Hit, Skipped, Stats
 from embedpipe.steps.base import (
+    QUERY_TIME,
     SPEED_ONLY,
     Ann,
     IndexTarget,
@@ -15,6 +16,7 @@ from embedpipe.steps.base import (
 )
 
 __all__ = [
+    "QUERY_TIME",
     "SPEED_ONLY",
     "Ann",
     "Event",

@@ -20,10 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedpipe.results import Event, Hit, Skipped
 
-# A config field marked with ``json_schema_extra=SPEED_ONLY`` changes how fast a step runs, never
-# what it writes (batch size, device, query-time ANN knobs): it is left out of the cache
-# fingerprint and the spec hash, so changing it re-computes nothing.
+# A config field marked ``json_schema_extra=SPEED_ONLY`` changes how fast a step runs, never what
+# it writes (batch size, device, ANN probes); one marked ``QUERY_TIME`` changes only how searches
+# use the table (a query stage's weight). Both are left out of the cache fingerprint and the spec
+# hash, so changing them re-computes nothing.
 SPEED_ONLY = {"speed_only": True}
+QUERY_TIME = {"query_time": True}
+_NOT_IDENTITY = (SPEED_ONLY, QUERY_TIME)
 
 
 class StepConfig(BaseModel):
@@ -51,7 +54,7 @@ def identity(model: BaseModel) -> dict[str, Any]:
     """``model`` dumped as JSON without its ``input`` and speed-only fields, nested ones too."""
     out: dict[str, Any] = {}
     for name, info in type(model).model_fields.items():
-        if name == "input" or (info.json_schema_extra or {}) == SPEED_ONLY:
+        if name == "input" or (info.json_schema_extra or {}) in _NOT_IDENTITY:
             continue
         value = getattr(model, name)
         if isinstance(value, BaseModel):
@@ -163,8 +166,8 @@ class StepContext:
 
     def skip(self, item: str, reason: str) -> None:
         """Refuse an input; the run goes on. Shorthand for yielding ``Skipped(item, reason)``
-        from ``run()``, for helpers deep inside a step: the engine moves it into the step's
-        output stream right after the step's next item."""
+        from ``run()``, for helpers deep inside a step: the executor moves it into the step's
+        output stream just before the step's next item (or at its end)."""
         self.pending.append(Skipped(item, reason))
         self.skip_count += 1
 
@@ -256,6 +259,22 @@ class Step:
 
     def query_encoder(self, column: str) -> QueryEncoder | None:
         """How queries become vectors comparable with ``column``, when this step made it."""
+        return None
+
+    def upstream_query_encoder(self, column: str) -> QueryEncoder | None:
+        """The query encoder for ``column`` of the nearest step upstream that supplies one
+        (for a step whose own vectors derive from an upstream column)."""
+        seen: set[int] = set()
+        frontier = list(self.upstream)
+        while frontier:
+            step = frontier.pop(0)
+            if id(step) in seen:
+                continue
+            seen.add(id(step))
+            encoder = step.query_encoder(column)
+            if encoder is not None:
+                return encoder
+            frontier.extend(step.upstream)
         return None
 
     def query_stages(self) -> list[QueryStage]:

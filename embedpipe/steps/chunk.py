@@ -95,7 +95,8 @@ class Chunk(Step):
     type = "chunk"
     Config = ChunkConfig
     reads = pa.schema([schemas.DOCUMENTS.field(n) for n in ("doc_id", "text", "title")])
-    version = 3  # 2: windows end at word boundaries; 3: room left for a prepended title
+    # 2: windows end at word boundaries; 3: room left for a prepended title; 4: sentences by pysbd
+    version = 4
     cache_key = ("doc_id", "content_hash")  # a document's chunks depend on its text and title
     row_wise = True  # a document's chunks depend on that document alone
     config: ChunkConfig

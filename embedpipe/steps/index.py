@@ -25,8 +25,10 @@ from embedpipe.steps.base import (
 class AnnConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Literal["none", "ivf_pq", "ivf_hnsw_sq"] = Field(
-        "none", description="none: exact search. ivf_pq / ivf_hnsw_sq: approximate, faster."
+    type: Literal["none", "ivf_pq", "ivf_hnsw_sq", "ivf_flat"] = Field(
+        "none",
+        description="none: exact search. ivf_pq / ivf_hnsw_sq / ivf_flat: approximate, faster "
+        "(ivf_flat also for hamming codes).",
     )
     partitions: int | Literal["auto"] = Field("auto", description="IVF partitions (auto: ~√rows).")
     sub_vectors: int | Literal["auto"] = Field(
@@ -113,8 +115,8 @@ class Index(Step):
 
     def requires(self) -> pa.Schema:
         fields = [schemas.CHUNKS.field(n) for n in ("chunk_id", "doc_id", "text")]
-        if self.config.metric != "hamming":  # codes are checked in check(): any integer type
-            fields.append(pa.field(self.config.column, schemas.vector_type(self.config.dims)))
+        # float vectors or integer codes; check() matches the metric to the kind
+        fields.append(schemas.any_vector(self.config.column, self.config.dims))
         return pa.schema(fields)
 
     def table_name(self, pipeline: str) -> str:
@@ -133,7 +135,9 @@ class Index(Step):
             name = getattr(self.config, key)
             if key == "rescore_column" and not self.config.rescore:
                 continue
-            if name not in marked and inputs[0].schema.get_field_index(name) >= 0:
+            if name not in marked and (
+                key == "rescore_column" or inputs[0].schema.get_field_index(name) >= 0
+            ):
                 problems.append(((key,), f"'{name}' is not a vector column; vector columns: "
                                  f"{', '.join(marked) or 'none'}"))  # fmt: skip
         col = inputs[0].schema.get_field_index(self.config.column)
@@ -143,8 +147,10 @@ class Index(Step):
             codes = value is not None and pa.types.is_integer(value)
             if (metric == "hamming") != codes:
                 want = "an integer code column" if metric == "hamming" else "a float column"
-                problems.append((("metric",), f"{metric} needs {want}; '{self.config.column}' "
-                                 f"is {schemas.type_name(inputs[0].schema.field(col).type)}"))  # fmt: skip
+                kind = schemas.type_name(inputs[0].schema.field(col).type)
+                problems.append(
+                    (("metric",), f"{metric} needs {want}; '{self.config.column}' is {kind}")
+                )
         if self.config.rescore and self.config.rescore_column == self.config.column:
             problems.append(
                 (("rescore_column",), "must differ from `column` (it re-scores its shortlist)")

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from embedpipe import schemas
-from embedpipe.steps import SPEED_ONLY, Event, Hit, Link, QueryStage, Step, StepConfig, StepContext
+from embedpipe.steps import QUERY_TIME, Event, Hit, Link, QueryStage, Step, StepConfig, StepContext
 
 __all__ = ["STOPWORDS", "KeywordBoost", "Keywords", "KeywordsConfig", "keywords", "terms"]
 
@@ -59,7 +59,7 @@ class KeywordsConfig(StepConfig):
         description="Query time: added to a hit's score for each query term among its "
         "keywords. It changes no stored row, so it is left out of the cache fingerprint and "
         "the spec hash (changing it re-computes nothing).",
-        json_schema_extra=SPEED_ONLY,
+        json_schema_extra=QUERY_TIME,
     )
 
 
