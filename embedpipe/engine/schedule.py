@@ -21,7 +21,7 @@ _env.apply()
 from prefect import flow  # noqa: E402
 
 from embedpipe.engine.orchestrator import check_server  # noqa: E402
-from embedpipe.errors import EmbedpipeError  # noqa: E402
+from embedpipe.errors import RunFailed  # noqa: E402
 
 
 @flow(
@@ -41,7 +41,11 @@ def scheduled_run(
     dag_mod.build(dag.spec, preflight=True)
     result = execute(dag, overrides=overrides, progress=False)
     if result.status != "completed":
-        raise EmbedpipeError(result.error or "the run failed")
+        raise RunFailed(
+            f"scheduled run {result.run_id} failed: {result.error or 'see its record'}; "
+            f'details: pipe sql {spec} "select step, error from step_runs where run_id = '
+            f"'{result.run_id}'\""
+        )
     return result.to_json()
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from embedpipe import _env
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ServerStartFailed
 
 
 def _state_path() -> Path:
@@ -67,7 +67,7 @@ def start(port: int = 4200, host: str = "127.0.0.1", wait: float = 120.0) -> dic
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EmbedpipeError(
+            raise ServerStartFailed(
                 f"the Prefect server exited with code {proc.returncode} before it was ready "
                 f"(port {port} in use? try --port); its log: {log_path}: {_tail(log_path)}"
             )
@@ -76,7 +76,10 @@ def start(port: int = 4200, host: str = "127.0.0.1", wait: float = 120.0) -> dic
             return {**state, "already_running": False}
         time.sleep(0.5)
     _kill(proc.pid)
-    raise EmbedpipeError(f"the Prefect server did not answer within {wait:.0f} s; log: {log_path}")
+    raise ServerStartFailed(
+        f"the Prefect server did not answer within {wait:.0f} s, so it was stopped; see its "
+        f"log {log_path}, then try again"
+    )
 
 
 def stop() -> dict[str, Any] | None:
