@@ -1,9 +1,13 @@
-"""Step kinds by their short ``type:`` name: the built-ins plus plugins.
+"""Step kinds and executors by their short names: the built-ins plus plugins.
 
-A plugin package registers a step class through the ``embedpipe.steps`` entry-point group::
+A plugin package registers a step class through the ``embedpipe.steps`` entry-point group, and
+an executor (``runner: {type: NAME}``) through ``embedpipe.executors``::
 
     [project.entry-points."embedpipe.steps"]
     my_step = "my_package.steps:MyStep"
+
+    [project.entry-points."embedpipe.executors"]
+    my_runner = "my_package.runner:MyExecutor"
 
 Spec files never name import paths: only registered short names are accepted.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 from importlib.metadata import entry_points
+from typing import Any
 
 from embedpipe.errors import PluginError
 from embedpipe.steps.base import Step
@@ -60,3 +65,35 @@ def lookup(name: str) -> type[Step]:
     if name in types:
         return types[name]
     raise KeyError(f"unknown step type '{name}'{suggest(name, list(types), 'types')}")
+
+
+EXECUTOR_GROUP = "embedpipe.executors"
+# Executors registered in this process (a notebook, a test); entry points need no registering.
+_EXECUTORS: dict[str, Any] = {}
+
+
+def register_executor(name: str, cls: Any) -> None:
+    """Make ``runner: {type: NAME}`` pick ``cls`` in this process."""
+    _EXECUTORS[name] = cls
+
+
+def executor_names() -> set[str]:
+    """Every executor name a spec may use; loads no plugin (``pipe validate`` stays light)."""
+    return {"local", *(ep.name for ep in entry_points(group=EXECUTOR_GROUP)), *_EXECUTORS}
+
+
+def executor_class(name: str) -> Any:
+    """The class registered as executor ``name`` (imported only now, when a run needs it)."""
+    if name in _EXECUTORS:
+        return _EXECUTORS[name]
+    for ep in entry_points(group=EXECUTOR_GROUP):
+        if ep.name == name:
+            try:
+                return ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"executor plugin '{name}' ({ep.value}) failed to import: {exc}; reinstall "
+                    "or uninstall the package that registers it"
+                ) from exc
+    valid = sorted(executor_names())
+    raise PluginError(f"unknown executor '{name}'{suggest(name, valid, 'executors')}")

@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +18,9 @@ from pydantic import Field
 
 import embedpipe
 from embedpipe import registry, schemas
+from embedpipe.engine.executors import Executor, ExecutorConfig
 from embedpipe.engine.workspace import Workspace
+from embedpipe.errors import SpecError, UsageError
 from embedpipe.results import Event
 from embedpipe.steps import SPEED_ONLY, Link, QueryEncoder, Step, StepConfig, StepContext
 from tests.conftest import CORPUS, write_jsonl
@@ -84,7 +88,9 @@ def test_two_index_steps_and_speed_only_settings(
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     hits = json.loads(out.stdout)
-    assert [h["chunk_id"] for h in hits] == [h["chunk_id"] for h in cosine[:2]]
+    api = embedpipe.load(spec).search(QUERY, 2, step="by_cosine")  # the CLI goes through it
+    assert [h["chunk_id"] for h in hits] == [h["chunk_id"] for h in api]
+    assert "d6" not in {h["doc_id"] for h in api}
     bad = subprocess.run(
         [PIPE, "search", str(spec), QUERY, "--step", "nope", "--json"],
         capture_output=True, text=True,
@@ -141,9 +147,29 @@ class Half(Step):
         return lambda queries: self._half(full(queries))
 
 
+class ThreadsConfig(ExecutorConfig):
+    workers: int = Field(2, ge=1)
+
+
+class Threads(Executor):
+    """Row-wise windows on a thread pool, their events returned in input order."""
+
+    name = "threads"
+    Config = ThreadsConfig
+    windows_seen: ClassVar[list[str]] = []
+
+    def map_windows(self, step: Step, windows: Iterator[Any], ctx: StepContext) -> Iterator[Event]:
+        Threads.windows_seen.append(step.name)
+        with ThreadPoolExecutor(self.config.workers) as pool:
+            done = [pool.submit(lambda w: list(step.map(w, ctx)), w) for w in windows]
+            for future in done:
+                yield from future.result()
+
+
 RESCORED = """
 name: rescored
 workspace: ws
+runner: {type: threads, workers: 2}
 steps:
   docs: {type: ingest, source: corpus.jsonl, format: beir}
   chunks: {type: chunk, input: docs, strategy: tokens, max_tokens: 64, overlap: 8}
@@ -160,6 +186,7 @@ def test_search_on_a_plugin_column_rescored_on_floats(
     tmp_path: Path, corpus: Path, write_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(registry.step_types(), "half", Half)
+    monkeypatch.setitem(registry._EXECUTORS, "threads", Threads)
     pipe = embedpipe.load(write_spec(RESCORED))
     target = pipe.dag.targets["short"]
     assert [(v.name, v.metric) for v in target.vectors] == [
@@ -169,6 +196,9 @@ def test_search_on_a_plugin_column_rescored_on_floats(
     assert (target.search, target.rescore, target.shortlist) == ("vector_half", "vector", 10)
     result = pipe.run()
     assert result.status == "completed", result.error
+    # Row-wise steps with work go to the executor (chunk was computed by the plan, in this
+    # process, and the run took its output); ingest and index run whole.
+    assert set(Threads.windows_seen) == {"vectors", "half"}
     rows = pipe.sql("select chunk_id, len(vector_half) as d from short_codes order by chunk_id")
     assert len(rows) == 6 and {r["d"] for r in rows} == {192}  # the plugin's column, in SQL
 
@@ -183,3 +213,18 @@ def test_search_on_a_plugin_column_rescored_on_floats(
     many = pipe.search_many([QUERY, "honeybee dances"], 2, step="short", batch=1)
     assert [h["chunk_id"] for h in many[0]] == [h["chunk_id"] for h in short[:2]]
     assert many[1][0]["doc_id"] == "d2"
+
+
+def test_runner_names_a_registered_executor_with_its_own_keys(
+    tmp_path: Path, corpus: Path, write_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = write_spec(
+        TWO_INDEXES.replace("workspace: ws", "workspace: ws\nrunner: {type: threads}")
+    )
+    with pytest.raises(SpecError, match=r"unknown executor 'threads'.*valid executors: local"):
+        embedpipe.load(spec)
+    monkeypatch.setitem(registry._EXECUTORS, "threads", Threads)
+    bad = embedpipe.load(spec, overrides=["runner.wrokers=2"])
+    with pytest.raises(UsageError, match=r"runner\.wrokers: Extra inputs are not permitted"):
+        bad.run()
+    assert not (tmp_path / "ws").exists()  # refused before the workspace was touched

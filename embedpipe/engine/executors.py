@@ -14,19 +14,16 @@ Executors register through the ``embedpipe.executors`` entry-point group, like s
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from embedpipe import registry
 from embedpipe.errors import PluginError, UsageError
 from embedpipe.results import Event
 from embedpipe.steps.base import Step, StepContext
-
-GROUP = "embedpipe.executors"
 
 
 class ExecutorConfig(BaseModel):
@@ -77,41 +74,22 @@ class LocalExecutor(Executor):
     name = "local"
 
 
-@functools.cache
-def executor_types() -> dict[str, type[Executor]]:
-    found: dict[str, type[Executor]] = {"local": LocalExecutor}
-    for ep in entry_points(group=GROUP):
-        if ep.name in found:
-            continue  # built-ins cannot be shadowed
-        try:
-            cls = ep.load()
-        except Exception as exc:
-            raise PluginError(
-                f"executor plugin '{ep.name}' ({ep.value}) failed to import: {exc}; "
-                "reinstall or uninstall that package"
-            ) from exc
-        if not (isinstance(cls, type) and issubclass(cls, Executor)):
-            raise PluginError(
-                f"executor plugin '{ep.name}' ({ep.value}) is not an embedpipe Executor; "
-                "it must subclass embedpipe.engine.executors.Executor"
-            )
-        found[ep.name] = cls
-    return found
-
-
 def make(runner: Any) -> Executor:
     """The executor the spec's ``runner:`` section names, with its settings checked."""
     settings = runner.model_dump() if isinstance(runner, BaseModel) else dict(runner or {})
     kind = settings.get("type", "local")
-    types = executor_types()
-    if kind not in types:
-        raise UsageError(
-            f"runner.type: unknown executor '{kind}'; installed: {', '.join(sorted(types))}"
+    cls = LocalExecutor if kind == "local" else registry.executor_class(kind)
+    if not (isinstance(cls, type) and issubclass(cls, Executor)):
+        raise PluginError(
+            f"executor '{kind}' ({cls!r}) is not an embedpipe Executor; it must subclass "
+            "embedpipe.engine.executors.Executor"
         )
-    cls = types[kind]
     try:
         return cls(cls.Config(**settings))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise UsageError(f"runner.{where}: {first['msg']}") from None
+        valid = ", ".join(cls.Config.model_fields)
+        raise UsageError(
+            f"runner.{where}: {first['msg']}; the {kind} executor takes: {valid}"
+        ) from None

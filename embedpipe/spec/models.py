@@ -58,17 +58,12 @@ class RunnerSpec(BaseModel):
     @field_validator("type")
     @classmethod
     def _known(cls, value: str) -> str:
-        from importlib.metadata import entry_points
+        from embedpipe import registry
 
-        installed = {"local"} | {ep.name for ep in entry_points(group="embedpipe.executors")}
+        installed = registry.executor_names()
         if value not in installed:
-            import difflib
-
-            close = difflib.get_close_matches(value, sorted(installed), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ValueError(
-                f"unknown executor '{value}'; {hint}installed: {', '.join(sorted(installed))}"
-            )
+            hint = registry.suggest(value, sorted(installed), "executors")
+            raise ValueError(f"unknown executor '{value}'{hint}")
         return value
 
 
