@@ -73,7 +73,8 @@ class FakeStore:
             have = columns(old.to_batches(), [target.key, target.row_hash])
             come = columns(new.to_batches(), [target.key, target.row_hash])
             stats = compare(have, come, target.key, target.row_hash)
-            stats.pop("incoming")
+            for extra in ("incoming", "todo", "gone"):
+                stats.pop(extra)
         changed = old is None or bool(stats["computed"] or stats["deleted"])
         if changed:
             self.tables[target.table] = new

@@ -68,7 +68,7 @@ class LanceStore:
         with self.ws.reading(target.table):
             return self._write(target, lambda: (conform(b, target) for b in batches()))
 
-    def _write(self, target: IndexTarget, batches: Rows) -> dict[str, int]:
+    def _write(self, target: IndexTarget, batches: Rows) -> dict[str, Any]:
         """Make the table hold exactly ``batches()``, in one commit, or in none when it already
         does. ``batches`` is called once more than the commits it makes: first to diff."""
         table = target.table
@@ -93,29 +93,45 @@ class LanceStore:
             else:
                 changed = bool(stats["computed"] or stats["deleted"])
                 if changed:
-                    again = batches()
-                    head = next(again)
-                    (
-                        tbl.merge_insert(target.key)
-                        .when_matched_update_all(
-                            where=f"target.{target.row_hash} != source.{target.row_hash}"
-                        )
-                        .when_not_matched_insert_all()
-                        .when_not_matched_by_source_delete()
-                        .execute(_reader(head, again))
-                    )
+                    self._merge(tbl, target, batches, stats)
         if changed:
             crash_point("index-commit")
         rows = tbl.count_rows()
         built = self._ann(tbl, target, rows, stale=changed)
         if changed or built:
             retain(tbl, target.retain)
-        stats.pop("incoming", None)
+        for extra in ("incoming", "todo", "gone"):
+            stats.pop(extra, None)
         # Rows left as they were count as cached: computed + cached = rows_out.
         out = {**stats, "rows_out": rows, "cached": rows - stats["computed"]}
         if changed or built:
             return {**out, "version": tbl.version, "commits": 1}
         return {**out, "commits": 0}
+
+    def _merge(self, tbl: Any, target: IndexTarget, batches: Rows, stats: dict[str, Any]) -> None:
+        """Upsert the new and changed rows and delete the vanished ones, in one commit. Only
+        the rows that changed are handed to Lance (a 1% edit sends 1% of the rows), and the
+        vanished keys are named in the delete condition; when very many vanished, every row is
+        sent and whatever the source lacks is deleted."""
+        key = target.key
+        todo, gone = stats.pop("todo"), stats.pop("gone")
+        merge = (
+            tbl.merge_insert(key)
+            .when_matched_update_all(where=f"target.{target.row_hash} != source.{target.row_hash}")
+            .when_not_matched_insert_all()
+        )
+        if len(gone) > _MAX_NAMED_DELETES:
+            rows: Iterator[pa.RecordBatch] = batches()
+            merge = merge.when_not_matched_by_source_delete()
+        else:
+            rows = (b.filter(pc.is_in(b.column(key), value_set=todo)) for b in batches())
+            if len(gone):
+                merge = merge.when_not_matched_by_source_delete(_in_list(key, gone))
+        head = next((b for b in rows if b.num_rows), None)
+        if head is None:  # nothing to upsert: only deletes
+            tbl.delete(_in_list(key, gone))
+            return
+        merge.execute(_reader(head, (b for b in rows if b.num_rows)))
 
     def _ann(self, tbl: Any, target: IndexTarget, rows: int, *, stale: bool) -> bool:
         """(Re)build the ANN index of each vector column that declares one, once the table is
@@ -126,6 +142,15 @@ class LanceStore:
                 tbl.create_index(column.name, config=_ann_config(column, rows), replace=True)
                 built = True
         return built
+
+
+_MAX_NAMED_DELETES = 20_000  # vanished keys named in one delete condition, at most
+
+
+def _in_list(column: str, keys: pa.Array) -> str:
+    """``column IN ('a', 'b', ...)`` as Lance's SQL reads it (quotes doubled)."""
+    quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys.to_pylist())
+    return f"{column} IN ({quoted})"
 
 
 def _ann_config(column: VectorColumn, rows: int) -> Any:
@@ -161,6 +186,7 @@ class PlanStore:
             return {**stats, "cached": 0, "commits": 1}
         tbl = self.ws.connect().open_table(table)
         stats = diff(tbl, batches(), target)
+        stats.pop("todo"), stats.pop("gone")
         if not stats.pop("incoming"):
             raise NoRows(table)
         rows = tbl.count_rows() + stats["new"] - stats["deleted"]
@@ -197,7 +223,7 @@ def _crashing(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         crash_point("index-write")  # Lance took a batch and asks for more: it is mid-write
 
 
-def diff(tbl: Any, incoming: Iterator[pa.RecordBatch], target: IndexTarget) -> dict[str, int]:
+def diff(tbl: Any, incoming: Iterator[pa.RecordBatch], target: IndexTarget) -> dict[str, Any]:
     """Rows to insert or update (``computed``) and to delete, by key and row hash.
 
     Unchanged rows are left alone, so their run_id keeps naming the run that wrote them, and a
@@ -222,21 +248,31 @@ def columns(batches: Iterable[pa.RecordBatch], names: list[str]) -> pa.Table:
     return pa.table({n: pa.chunked_array(parts[n], pa.string()) for n in names})
 
 
-def compare(have: pa.Table, come: pa.Table, key: str, value: str) -> dict[str, int]:
-    """``come`` against ``have`` (both key -> value): new, changed and deleted keys."""
+def compare(have: pa.Table, come: pa.Table, key: str, value: str) -> dict[str, Any]:
+    """``come`` against ``have`` (both key -> value): counts of new, changed and deleted keys,
+    plus ``todo`` (the keys of new and changed rows) and ``gone`` (deleted keys), as arrays."""
     come = come.combine_chunks()
     have = have.combine_chunks()
     known = pc.is_in(come.column(key), value_set=have.column(key))
     seen = pc.sum(known).as_py() or 0
-    new = len(come) - seen
+    new_keys = pc.filter(come.column(key), pc.invert(known))
     both = come.filter(known).join(
         have.rename_columns([key, "_old"]), key, join_type="inner", use_threads=False
     )
-    same = pc.equal(both.column(value), both.column("_old"))
-    changed = len(both) - (pc.sum(pc.fill_null(same, False)).as_py() or 0)
-    deleted = len(have) - seen
-    return {"computed": new + changed, "new": new, "changed": changed, "deleted": deleted} | {
-        "incoming": len(come)
+    same = pc.fill_null(pc.equal(both.column(value), both.column("_old")), False)
+    changed_keys = pc.filter(both.column(key), pc.invert(same))
+    stay = pc.is_in(have.column(key), value_set=come.column(key))
+    gone = pc.filter(have.column(key), pc.invert(stay))
+    new, changed = len(new_keys), len(changed_keys)
+    todo = pa.concat_arrays([new_keys.combine_chunks(), changed_keys.combine_chunks()])
+    return {
+        "computed": new + changed,
+        "new": new,
+        "changed": changed,
+        "deleted": len(have) - seen,
+        "incoming": len(come),
+        "todo": todo,
+        "gone": gone,
     }
 
 

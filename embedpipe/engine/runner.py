@@ -191,7 +191,7 @@ class Runner:
         used = self.used.setdefault(step.name, [])
         misses = self.path(f"{step.name}.misses")
         todo = 0  # input rows to compute
-        with pa.memory_map(str(self.path(upstream))) as source:
+        with pa.OSFile(str(self.path(upstream))) as source:
             schema = pa.ipc.open_stream(source).schema
 
         def split() -> Iterator[pa.RecordBatch]:
@@ -348,5 +348,7 @@ def write_staged(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schem
 
 
 def read_staged(path: Path) -> Iterator[pa.RecordBatch]:
-    with pa.memory_map(str(path)) as source:
+    # Plain reads, not a memory map: pages of a mapped file stay resident once touched, so a
+    # step reading a large staged output would hold all of it in memory by the end.
+    with pa.OSFile(str(path)) as source:
         yield from pa.ipc.open_stream(source)
