@@ -369,7 +369,10 @@ def test_user_api_url_is_the_users_own(
     processes.append(server.pid)
     monkeypatch.setenv("EMBEDPIPE_HOME", str(tmp_path))
     (tmp_path / "ui.json").write_text(json.dumps({"pid": server.pid, "api_url": "http://ui/api"}))
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # set, then deleted: so that monkeypatch restores the value before this test (or none),
+    # not the one apply() sets below (a delenv of an unset variable records nothing)
+    monkeypatch.setenv("PREFECT_API_URL", "unset-by-this-test")
+    monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setattr(_env, "USER_API_URL", None)
     monkeypatch.setattr(_env, "_SET_API_URL", None)
     for _ in range(2):  # a second call changes nothing
