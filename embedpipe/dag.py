@@ -59,26 +59,12 @@ class Dag:
         return [t.table for t in self.targets.values()]
 
     def descendants(self, name: str) -> list[Step]:
-        """Every step that reads ``name``'s output, directly or not."""
-        seen: list[Step] = []
-        frontier = list(self.steps[name].downstream)
-        while frontier:
-            step = frontier.pop(0)
-            if step not in seen:
-                seen.append(step)
-                frontier.extend(step.downstream)
-        return seen
+        """Every step that reads ``name``'s output, directly or not, nearest first."""
+        return self.steps[name].reachable("downstream")
 
     def ancestors(self, name: str) -> list[Step]:
         """Every step ``name`` reads from, directly or not, nearest first."""
-        seen: list[Step] = []
-        frontier = list(self.steps[name].upstream)
-        while frontier:
-            step = frontier.pop(0)
-            if step not in seen:
-                seen.append(step)
-                frontier.extend(step.upstream)
-        return seen
+        return self.steps[name].reachable("upstream")
 
 
 def load(

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -264,18 +264,23 @@ class Step:
     def upstream_query_encoder(self, column: str) -> QueryEncoder | None:
         """The query encoder for ``column`` of the nearest step upstream that supplies one
         (for a step whose own vectors derive from an upstream column)."""
-        seen: set[int] = set()
-        frontier = list(self.upstream)
-        while frontier:
-            step = frontier.pop(0)
-            if id(step) in seen:
-                continue
-            seen.add(id(step))
+        for step in self.reachable("upstream"):
             encoder = step.query_encoder(column)
             if encoder is not None:
                 return encoder
-            frontier.extend(step.upstream)
         return None
+
+    def reachable(self, direction: Literal["upstream", "downstream"]) -> list[Step]:
+        """Every step this one reads from (``upstream``) or that reads it (``downstream``),
+        directly or not, nearest first."""
+        seen: list[Step] = []
+        frontier = list(getattr(self, direction))
+        while frontier:
+            step = frontier.pop(0)
+            if step not in seen:
+                seen.append(step)
+                frontier.extend(getattr(step, direction))
+        return seen
 
     def query_stages(self) -> list[QueryStage]:
         """Stages this step adds to every search of an index it feeds or reads, in DAG order."""
