@@ -87,7 +87,7 @@ TABLE = "scale"
 
 console = Console()
 if not console.is_terminal:  # a log file: room for the tables instead of 80 columns
-    console.width = max(console.width, 140)
+    console.width = max(console.width, 180)
 
 
 @dataclass
