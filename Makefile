@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format bench bench-incremental clean
+.PHONY: help venv demo test test-slow lint format bench bench-incremental bench-scale clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: $(STAMP) ## Benchmarks: encode overhead of `pipe run` vs raw sentence-tra
 
 bench-incremental: $(STAMP) ## Benchmarks: full vs no-op vs 1%-changed `pipe run` on SciFact (~10 min)
 	$(BIN)/python bench/incremental.py --write
+
+bench-scale: $(STAMP) ## Benchmarks: engine peak RSS and wall time, SciFact x1 vs x10 (~15 min)
+	$(BIN)/python bench/scale_engine.py --write
 
 clean: ## Remove the workspace (run output); keeps .venv
 	rm -rf workspace
