@@ -74,15 +74,20 @@ class StepCache:
             os.utime(self.path)
         return ds.to_table(columns=[KEY]).column(KEY).combine_chunks()
 
-    def rows(self, keys: pa.Array) -> Iterator[pa.RecordBatch]:
-        """The cached output rows of ``keys``, without the key column."""
+    def rows(self, keys: pa.Array, *, per_take: int = 4096) -> Iterator[pa.RecordBatch]:
+        """The cached output rows of ``keys``, without the key column, in cache order.
+
+        The key column is matched against ``keys`` once; the rows are then taken by position,
+        ``per_take`` at a time, so memory holds one slice of rows, never a scan's read-ahead."""
         ds = self._dataset()
         if ds is None or not len(keys):
             return
-        for batch in ds.to_batches(columns=None):
-            kept = batch.filter(pc.is_in(batch.column(KEY), value_set=keys))
-            if kept.num_rows:
-                yield kept.drop_columns([KEY])
+        stored = ds.to_table(columns=[KEY]).column(KEY)
+        wanted = pc.indices_nonzero(pc.is_in(stored, value_set=keys))
+        del stored
+        for start in range(0, len(wanted), per_take):
+            part = ds.take(wanted.slice(start, per_take))
+            yield from part.drop_columns([KEY]).to_batches()
 
     def tee(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Pass ``batches`` through, appending each to the cache once it is produced."""

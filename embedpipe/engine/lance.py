@@ -240,12 +240,17 @@ def diff(tbl: Any, incoming: Iterator[pa.RecordBatch], target: IndexTarget) -> d
 
 
 def columns(batches: Iterable[pa.RecordBatch], names: list[str]) -> pa.Table:
-    """Just ``names`` (string columns) of ``batches``, as one table."""
+    """Just ``names`` (string columns) of ``batches``, as one table, in buffers of its own: a
+    column read from a staged file shares its batch's buffer, so keeping it as it is would keep
+    every batch whole (vectors and all) in memory."""
     parts: dict[str, list[pa.Array]] = {n: [] for n in names}
     for batch in batches:
         for n in names:
-            parts[n].append(batch.column(n))
+            parts[n].append(pa.concat_arrays([batch.column(n), _EMPTY]))  # a copy
     return pa.table({n: pa.chunked_array(parts[n], pa.string()) for n in names})
+
+
+_EMPTY = pa.array([], pa.string())
 
 
 def compare(have: pa.Table, come: pa.Table, key: str, value: str) -> dict[str, Any]:
