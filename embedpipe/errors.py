@@ -129,10 +129,10 @@ class NoIndex(EmbedpipeError):
 class NoRows(EmbedpipeError):
     """Every input was skipped or empty: an index step got no rows (the table is kept)."""
 
-    def __init__(self, table: str) -> None:
+    def __init__(self, table: str, spec: object = "SPEC") -> None:
         super().__init__(
             "no rows reached the index (every input was skipped or empty), so table "
-            f"'{table}' was left as it was; see why: pipe sql SPEC \"select * from skipped\""
+            f"'{table}' was left as it was; see why: pipe sql {spec} \"select * from skipped\""
         )
 
 

@@ -2,7 +2,7 @@
 ``StepContract``, the checks every step kind must pass (the built-in steps pass them too).
 
 ```python
-from embedpipe.testing import StepContract, run_step
+from embedpipe.testing import StepContract, make_step, run_step
 
 class TestMyStep(StepContract):
     step_type = "my_step"                    # registered through the embedpipe.steps group
@@ -37,7 +37,7 @@ from embedpipe.engine.lance import columns, compare, conform
 from embedpipe.errors import NoRows
 from embedpipe.results import Skipped, Stats
 from embedpipe.schemas import mismatches
-from embedpipe.steps.base import QUERY_TIME, SPEED_ONLY, IndexTarget, Link, Step, StepContext
+from embedpipe.steps.base import IndexTarget, Link, Step, StepContext, decides_output
 
 __all__ = [
     "FakeStore",
@@ -151,6 +151,8 @@ def run_step(
             out.skipped.append(event)
         elif isinstance(event, Stats):
             out.stats.update(event.values)
+        elif isinstance(event, pa.Table):
+            out.batches.extend(event.to_batches())
         else:
             out.batches.append(event)
     return out
@@ -253,7 +255,7 @@ class StepContract:
         step = self.make()
         identity = step.config.identity()
         for name, info in type(step.config).model_fields.items():
-            if (info.json_schema_extra or {}) in (SPEED_ONLY, QUERY_TIME):
+            if not decides_output(info):
                 assert name not in identity
 
     def test_index_target_matches_output(self) -> None:
@@ -265,6 +267,9 @@ class StepContract:
         names = set(target.schema.names)
         assert target.key in names and target.search in names
         assert all(v.name in names for v in target.vectors)
+        vectors = {v.name for v in target.vectors}
+        assert target.search in vectors, f"search column {target.search} is not a vector"
+        assert target.rescore is None or target.rescore in vectors
 
 
 def assert_same_rows(got: pa.Table, want: pa.Table, *, atol: float = 1e-5) -> None:

@@ -45,7 +45,7 @@ def test_two_index_steps_and_speed_only_settings(
 ) -> None:
     spec = write_spec(TWO_INDEXES)
     pipe = embedpipe.load(spec)
-    assert pipe.dag.default_index == "by_l2"  # the last index step in DAG order
+    assert pipe.dag.default_index == "by_l2"  # the last index step in the spec file
     result = pipe.run()
     assert result.status == "completed", result.error
     for step in ("by_cosine", "by_l2"):

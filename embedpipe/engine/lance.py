@@ -73,9 +73,9 @@ class LanceStore:
         does. ``batches`` is called once more than the commits it makes: first to diff."""
         table = target.table
         it = batches()
-        first = next(it, None)
+        first = next((b for b in it if b.num_rows), None)  # as the plan counts: rows, not batches
         if first is None:
-            raise NoRows(table)
+            raise NoRows(table, self.ws.spec)
         changed = True
         if not self.ws.table_exists(table):
             tbl = self.db.create_table(table, _reader(first, it))
@@ -139,7 +139,8 @@ class LanceStore:
         built = False
         for column in target.vectors:
             if ann_due(tbl, column, rows, stale=stale):
-                tbl.create_index(column.name, config=_ann_config(column, rows), replace=True)
+                dims = tbl.schema.field(column.name).type.list_size  # as written, not declared
+                tbl.create_index(column.name, config=_ann_config(column, rows, dims), replace=True)
                 built = True
         return built
 
@@ -153,13 +154,13 @@ def _in_list(column: str, keys: pa.Array) -> str:
     return f"{column} IN ({quoted})"
 
 
-def _ann_config(column: VectorColumn, rows: int) -> Any:
+def _ann_config(column: VectorColumn, rows: int, dims: int) -> Any:
     ann = column.ann
     assert ann is not None
     partitions = ann.partitions or max(1, int(math.sqrt(rows)))
     metric = column.metric
     if ann.kind == "ivf_pq":
-        sub = ann.sub_vectors or _sub_vectors(column.type.list_size)
+        sub = ann.sub_vectors or _sub_vectors(dims)
         return IvfPq(distance_type=metric, num_partitions=partitions, num_sub_vectors=sub)
     if ann.kind == "ivf_flat":
         return IvfFlat(distance_type=metric, num_partitions=partitions)
@@ -181,14 +182,14 @@ class PlanStore:
         if not self.ws.table_exists(table):
             n = sum(b.num_rows for b in batches())
             if not n:
-                raise NoRows(table)
+                raise NoRows(table, self.ws.spec)
             stats = {"computed": n, "new": n, "changed": 0, "deleted": 0, "rows_out": n}
             return {**stats, "cached": 0, "commits": 1}
         tbl = self.ws.connect().open_table(table)
         stats = diff(tbl, batches(), target)
         stats.pop("todo"), stats.pop("gone")
         if not stats.pop("incoming"):
-            raise NoRows(table)
+            raise NoRows(table, self.ws.spec)
         rows = tbl.count_rows() + stats["new"] - stats["deleted"]
         changed = bool(stats["computed"] or stats["deleted"])
         due = any(ann_due(tbl, c, rows, stale=False) for c in target.vectors)
@@ -210,7 +211,17 @@ def ann_due(tbl: Any, column: VectorColumn, rows: int, *, stale: bool) -> bool:
     or the index is missing."""
     if column.ann is None or rows < column.ann.min_rows:
         return False
-    return stale or not any(i.columns == [column.name] for i in tbl.list_indices())
+    found = [i for i in tbl.list_indices() if i.columns == [column.name]]
+    if stale or not found:
+        return True
+    # Built for another declaration (metric or kind changed, rows did not): rebuild it.
+    stats = tbl.index_stats(found[0].name)
+    kind = {"ivf_pq": "IVF_PQ", "ivf_hnsw_sq": "IVF_HNSW_SQ", "ivf_flat": "IVF_FLAT"}
+    have_metric = str(getattr(stats, "distance_type", column.metric) or column.metric).lower()
+    have_kind = str(getattr(stats, "index_type", "") or "").upper()
+    return have_metric != column.metric or (
+        bool(have_kind) and have_kind != kind.get(column.ann.kind, have_kind)
+    )
 
 
 def _reader(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
@@ -259,7 +270,6 @@ def compare(have: pa.Table, come: pa.Table, key: str, value: str) -> dict[str, A
     come = come.combine_chunks()
     have = have.combine_chunks()
     known = pc.is_in(come.column(key), value_set=have.column(key))
-    seen = pc.sum(known).as_py() or 0
     new_keys = pc.filter(come.column(key), pc.invert(known))
     both = come.filter(known).join(
         have.rename_columns([key, "_old"]), key, join_type="inner", use_threads=False
@@ -274,7 +284,7 @@ def compare(have: pa.Table, come: pa.Table, key: str, value: str) -> dict[str, A
         "computed": new + changed,
         "new": new,
         "changed": changed,
-        "deleted": len(have) - seen,
+        "deleted": len(gone),
         "incoming": len(come),
         "todo": todo,
         "gone": gone,

@@ -81,6 +81,8 @@ class Runner:
         res = self.results[name]
         if res.status != "completed" or res.estimated or not step.downstream:
             return False
+        if name in self.dag.targets:  # the plan's store wrote nothing: the run must write
+            return False
         return all(self.exact(u) for u in step.config.inputs())
 
     def adopt(self, name: str, res: StepResult) -> None:

@@ -108,6 +108,8 @@ class Searcher:
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each query, best first; queries are encoded ``batch`` at a time."""
         out: list[list[Hit]] = []
+        with self.ws.reading(self.target.table):
+            self.tbl.checkout_latest()  # a run in another process may have committed since
         for i in range(0, len(queries), batch):
             part = list(queries[i : i + batch])
             vectors = self.encode(part)
@@ -135,7 +137,9 @@ class Searcher:
             .limit(n)
             .select([*self.columns, "_distance"])
         )
-        if ann is not None:
+        if ann is None:
+            q = q.bypass_vector_index()  # exact, as declared, even if an old index is left
+        else:
             q = q.nprobes(ann.nprobes)
             if ann.refine_factor:
                 q = q.refine_factor(ann.refine_factor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ScheduleSpec(BaseModel):
@@ -65,6 +65,14 @@ class RunnerSpec(BaseModel):
             hint = registry.suggest(value, sorted(installed), "executors")
             raise ValueError(f"unknown executor '{value}'{hint}")
         return value
+
+    @model_validator(mode="after")
+    def _local_keys(self) -> RunnerSpec:
+        # The local executor takes no keys; a plugin executor checks its own before a run.
+        if self.type == "local" and self.model_extra:
+            extra = ", ".join(sorted(self.model_extra))
+            raise ValueError(f"unknown key(s) {extra}: the local executor takes only `type`")
+        return self
 
 
 class PipelineSpec(BaseModel):

@@ -26,7 +26,6 @@ from embedpipe.results import Event, Hit, Skipped
 # hash, so changing them re-computes nothing.
 SPEED_ONLY = {"speed_only": True}
 QUERY_TIME = {"query_time": True}
-_NOT_IDENTITY = (SPEED_ONLY, QUERY_TIME)
 
 
 class StepConfig(BaseModel):
@@ -50,11 +49,18 @@ class StepConfig(BaseModel):
         return identity(self)
 
 
+def decides_output(info: Any) -> bool:
+    """Whether a config field (pydantic ``FieldInfo``) can change what a step writes: not
+    when it is marked speed-only or query-time."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return not any(extra.get(k) for k in ("speed_only", "query_time"))
+
+
 def identity(model: BaseModel) -> dict[str, Any]:
     """``model`` dumped as JSON without its ``input`` and speed-only fields, nested ones too."""
     out: dict[str, Any] = {}
     for name, info in type(model).model_fields.items():
-        if name == "input" or (info.json_schema_extra or {}) in _NOT_IDENTITY:
+        if (name == "input" and isinstance(model, StepConfig)) or not decides_output(info):
             continue
         value = getattr(model, name)
         if isinstance(value, BaseModel):
@@ -172,10 +178,10 @@ class StepContext:
         self.skip_count += 1
 
     @property
-    def skipped(self) -> list[tuple[str, str]]:
+    def skipped(self) -> tuple[tuple[str, str], ...]:
         """Skips ``skip()`` recorded that the engine has not yet taken (all of them when a
-        test runs a step directly)."""
-        return [(s.item, s.reason) for s in self.pending]
+        test runs a step directly); read-only: record one with ``skip()``."""
+        return tuple((s.item, s.reason) for s in self.pending)
 
     def drain(self) -> list[Skipped]:
         """Take the skips ``skip()`` recorded (the engine calls this)."""

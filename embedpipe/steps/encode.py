@@ -12,13 +12,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedpipe import models, schemas
 from embedpipe.results import Event
-from embedpipe.steps.base import SPEED_ONLY, Link, QueryEncoder, Step, StepConfig, StepContext
+from embedpipe.steps.base import (
+    QUERY_TIME,
+    SPEED_ONLY,
+    Link,
+    QueryEncoder,
+    Step,
+    StepConfig,
+    StepContext,
+)
 
 
 class Prompts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    query: str = Field("", description="Prefix for queries, e.g. 'query: ' for E5 models.")
+    query: str = Field(
+        "", description="Prefix for queries, e.g. 'query: ' for E5 models (query time only: "
+        "changing it re-encodes no document).", json_schema_extra=QUERY_TIME,
+    )  # fmt: skip
     document: str = Field("", description="Prefix for chunks, e.g. 'passage: '.")
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from embedpipe import schemas
 from embedpipe.results import Event, Stats
 from embedpipe.steps.base import (
+    QUERY_TIME,
     SPEED_ONLY,
     Ann,
     IndexTarget,
@@ -79,9 +80,13 @@ class IndexConfig(StepConfig):
     ann: AnnConfig = Field(default_factory=AnnConfig)
     rescore: int | None = Field(
         None, ge=1, description="Re-score a shortlist of k * this many candidates on "
-        "`rescore_column` (exact distances on another vector column)."
+        "`rescore_column` (exact distances on another vector column; query time only).",
+        json_schema_extra=QUERY_TIME,
     )  # fmt: skip
-    rescore_column: str = Field("vector", description="The vector column that re-scores.")
+    rescore_column: str = Field(
+        "vector", description="The vector column that re-scores (query time only).",
+        json_schema_extra=QUERY_TIME,
+    )  # fmt: skip
     retain: int | None = Field(
         10,
         ge=1,
@@ -151,6 +156,11 @@ class Index(Step):
                 problems.append(
                     (("metric",), f"{metric} needs {want}; '{self.config.column}' is {kind}")
                 )
+        if metric == "hamming" and self.config.ann.type not in ("none", "ivf_flat"):
+            problems.append(
+                (("ann", "type"), f"{self.config.ann.type} cannot index hamming codes; use "
+                 "ivf_flat (or none: exact search)")
+            )  # fmt: skip
         if self.config.rescore and self.config.rescore_column == self.config.column:
             problems.append(
                 (("rescore_column",), "must differ from `column` (it re-scores its shortlist)")
