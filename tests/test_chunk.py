@@ -117,7 +117,7 @@ def chunk(step: Chunk, batches: list[pa.RecordBatch], tmp_path: Path) -> Rows:
     out = list(step.run([iter(batches)], ctx))
     for batch in out:
         assert batch.schema.equals(schemas.CHUNKS, check_metadata=True)
-    assert ctx.skipped == []
+    assert list(ctx.skipped) == []
     return [row for b in out for row in b.to_pylist()]
 
 

@@ -166,7 +166,7 @@ def chunk_rows(tmp_path: Path, texts: dict[str, str], **config: Any) -> list[tup
         schema=schemas.DOCUMENTS,
     )  # fmt: skip
     rows = [r for b in step.run([iter([batch])], ctx) for r in b.to_pylist()]
-    assert ctx.skipped == []
+    assert list(ctx.skipped) == []
     return [(r["chunk_id"], r["char_start"], r["char_end"], r["n_tokens"], r["text"]) for r in rows]
 
 
@@ -368,7 +368,7 @@ ctx = StepContext(pipeline="t", run_id="r", spec_hash="h", base_dir=path.parent,
 before = status("VmRSS")
 rows = [r["doc_id"] for b in step.run([], ctx) for r in b.to_pylist()]
 print(json.dumps({"before": before, "peak": status("VmHWM"), "rows": rows,
-                  "skipped": ctx.skipped}))
+                  "skipped": list(ctx.skipped)}))
 """
 
 

@@ -37,7 +37,7 @@ def ingest(tmp_path: Path, source: str | list[str], **config: Any) -> tuple[Rows
     for batch in batches:
         assert batch.schema.equals(schemas.DOCUMENTS, check_metadata=True)
         assert batch.num_rows > 0
-    return [row for b in batches for row in b.to_pylist()], ctx.skipped
+    return [row for b in batches for row in b.to_pylist()], list(ctx.skipped)
 
 
 def by_id(rows: Rows) -> dict[str, dict[str, Any]]:
