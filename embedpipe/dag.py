@@ -33,6 +33,10 @@ class Dag:
     def links(self, name: str) -> list[Link]:
         return [Link(u, self.schemas[u]) for u in self.steps[name].config.inputs()]
 
+    def of_type(self, kind: str) -> list[Step]:
+        """Steps of one kind, in DAG order (for scripts; the engine never asks by kind)."""
+        return [self.steps[n] for n in self.order if self.steps[n].type == kind]
+
     @property
     def default_index(self) -> str | None:
         """The step whose table every command uses when none is named (``--step``): the last
