@@ -5,7 +5,7 @@ The CLI is a thin layer over this module: every command it runs goes through a `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from embedpipe.engine.search import Searcher
-    from embedpipe.results import Hit, Plan, RunResult
+    from embedpipe.results import EvalResult, Hit, Plan, RunResult
 
 
 class Pipeline:
@@ -83,6 +83,40 @@ class Pipeline:
         """Top-``k`` chunks for each query; the table is opened once, queries encoded in
         batches."""
         return self.searcher(step).search_many(queries, k, batch=batch)
+
+    def eval(
+        self,
+        queries: str | Path,
+        qrels: str | Path,
+        *,
+        k: int = 100,
+        step: str | None = None,
+        record: bool = True,
+    ) -> EvalResult:
+        """nDCG@10, recall@10/100, MRR@10 (document level), bytes and latency of the index on
+        BEIR-format ``queries`` (jsonl) and ``qrels`` (tsv); recorded in the catalog's
+        ``evals`` table unless ``record`` is false."""
+        from embedpipe.engine.evaluate import EvalInput, evaluate
+
+        data = EvalInput.read(Path(queries), Path(qrels), k)
+        return evaluate(self.dag, data, step=step, record=record)
+
+    def sweep(
+        self,
+        queries: str | Path,
+        qrels: str | Path,
+        *,
+        k: int = 100,
+        step: str | None = None,
+        on_result: Callable[[EvalResult], None] | None = None,
+    ) -> list[EvalResult]:
+        """``eval`` for each compression setting (float, int8, binary with and without
+        re-scoring, asymmetric binary, Matryoshka and PCA dims), re-using the index's vectors:
+        run ``run()`` first."""
+        from embedpipe.engine.evaluate import EvalInput, sweep
+
+        data = EvalInput.read(Path(queries), Path(qrels), k)
+        return sweep(self.dag, data, step=step, overrides=self.overrides, on_result=on_result)
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         cols, rows = self.sql_rows(query)

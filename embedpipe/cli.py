@@ -17,7 +17,7 @@ from rich.tree import Tree
 from typer.exceptions import TyperException
 
 from embedpipe import _env
-from embedpipe.errors import EXIT_MEANINGS, EmbedpipeError, NotIndexed, SpecError
+from embedpipe.errors import EXIT_MEANINGS, EmbedpipeError, NotIndexed, SpecError, UsageError
 
 app = typer.Typer(
     name="pipe",
@@ -258,6 +258,90 @@ def search(
 
 def _added(hit: dict[str, Any], first: tuple[str, ...]) -> dict[str, Any]:
     return {c: v for c, v in hit.items() if c not in first and c != "title"}
+
+
+@app.command("eval")
+def eval_(
+    spec: SpecArg,
+    queries: Annotated[
+        Path, typer.Option("--queries", help='BEIR queries.jsonl ({"_id", "text"} per line).')
+    ],
+    qrels: Annotated[
+        Path, typer.Option("--qrels", help="BEIR qrels TSV (query-id, corpus-id, score).")
+    ],
+    k: Annotated[int, typer.Option("-k", "--k", min=10, help="Documents retrieved.")] = 100,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Every compression setting, on this index's vectors.")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="With --sweep: a PNG of quality vs cost.")
+    ] = None,
+    step: Annotated[str | None, typer.Option(help="Index step (default: the last).")] = None,
+    sets: SetOpt = None,
+    workspace: WsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure SPEC's index on BEIR queries and qrels: nDCG@10, recall@10/100, MRR@10, bytes
+    per vector, index bytes, latency p50/p95. Each result is a row of the `evals` table.
+
+    Example: pipe eval pipelines/scifact-whole.yaml --queries ../shared/data/scifact/queries.jsonl
+    --qrels ../shared/data/scifact/qrels/test.tsv --sweep --plot sweep.png
+    """
+    pipeline = _pipeline(spec, sets, workspace)
+    if plot is not None and not sweep:
+        raise _fail(UsageError("--plot draws a sweep: add --sweep"))
+    shown = []
+
+    def show(result: Any) -> None:
+        shown.append(result)
+        if not as_json:
+            r = result
+            err.print(f"  {r.config}: nDCG@10 {r.ndcg_10:.4f}, {r.bytes_per_vector:g} B/vector, "
+                      f"p50 {r.latency_ms_p50:.1f} ms")  # fmt: skip
+
+    try:
+        if sweep:
+            if not as_json:
+                err.print(f"sweeping {len(_sweep_names())} settings on {pipeline.name}'s vectors")
+            results = pipeline.sweep(queries, qrels, k=k, step=step, on_result=show)
+        else:
+            results = [pipeline.eval(queries, qrels, k=k, step=step)]
+        if plot is not None:
+            from embedpipe.engine.evaluate import plot as draw
+
+            draw(results, plot, title=f"{pipeline.name}: {results[0].queries} queries")
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        body = [r.to_json() for r in results]
+        print(_dump(body if sweep else {k: v for k, v in body[0].items() if k != "config"}))
+        return
+    table = Table(title=f"{pipeline.name}: {results[0].queries} queries, k={k}")
+    heads = ("config", "nDCG@10", "R@10", "R@100", "MRR@10", "B/vector", "index MiB",
+             "p50 ms", "p95 ms")  # fmt: skip
+    for h in heads:
+        table.add_column(h, justify="left" if h == "config" else "right")
+    base = results[0].ndcg_10 or 1.0
+    for r in results:
+        ratio = f" ({r.ndcg_10 / base:.3f})" if sweep else ""
+        table.add_row(
+            r.config, f"{r.ndcg_10:.4f}{ratio}", f"{r.recall_10:.4f}", f"{r.recall_100:.4f}",
+            f"{r.mrr_10:.4f}", f"{r.bytes_per_vector:g}", f"{r.index_bytes / 2**20:.2f}",
+            f"{r.latency_ms_p50:.1f}", f"{r.latency_ms_p95:.1f}",
+        )  # fmt: skip
+    out.print(table)
+    for r in results:
+        if r.ann_recall_10 is not None:
+            out.print(f"{r.config}: the ANN index's recall@10 against exact search: "
+                      f"{r.ann_recall_10:.4f}")  # fmt: skip
+    if plot is not None:
+        out.print(f"plot: {plot}")
+
+
+def _sweep_names() -> list[str]:
+    from embedpipe.engine.evaluate import SWEEP
+
+    return [name for name, _, _ in SWEEP]
 
 
 @app.command()

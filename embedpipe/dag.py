@@ -88,6 +88,8 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
     """Build and check the DAG; ``preflight`` also checks the outside world (sources exist)."""
     issues: list[SpecIssue] = list(spec.issues)
     steps = {n: d.cls(n, d.config, base_dir=spec.base_dir) for n, d in spec.steps.items()}
+    for step in steps.values():
+        step.workspace = spec.workspace
     graph: dict[str, list[str]] = {}
     for name, step in steps.items():
         graph[name] = _check_inputs(spec, name, step, steps, issues)

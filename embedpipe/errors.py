@@ -156,6 +156,16 @@ class RunFailed(EmbedpipeError):
     """A scheduled or served run ended failed (its record names the step and reason)."""
 
 
+class ArtifactError(EmbedpipeError):
+    """A fitted artifact (codec, adapter, exported model) is missing or unreadable."""
+
+
+class EvalError(EmbedpipeError):
+    """`pipe eval` input (queries, qrels) is unusable; the message names the file and line."""
+
+    exit_code = 2
+
+
 class InternalError(EmbedpipeError):
     """An unexpected exception: a bug in embedpipe (or a library it uses)."""
 

@@ -120,3 +120,44 @@ class Plan:
             "noop": self.noop,
             "steps": {n: {k: getattr(s, k) for k in keys} for n, s in self.steps.items()},
         }
+
+
+@dataclass
+class EvalResult:
+    """What `pipe eval` measured for one configuration (DESIGN.md §9): document-level IR
+    metrics, the searched column's bytes per vector, the table's bytes on disk and single-query
+    latency through the search pipeline; ``ann_recall`` (recall@10 of the ANN index against
+    exact search on the same queries) when an ANN index answered."""
+
+    config: str
+    ndcg_10: float
+    recall_10: float
+    recall_100: float
+    mrr_10: float
+    queries: int
+    bytes_per_vector: float
+    index_bytes: int
+    latency_ms_p50: float
+    latency_ms_p95: float
+    ann_recall_10: float | None = None
+    lance_version: int | None = None
+    seconds: float = 0.0
+    eval_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # what query stages add (a filter)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "config": self.config,
+            "ndcg@10": self.ndcg_10,
+            "recall@10": self.recall_10,
+            "recall@100": self.recall_100,
+            "mrr@10": self.mrr_10,
+            "queries": self.queries,
+            "bytes_per_vector": self.bytes_per_vector,
+            "index_bytes": self.index_bytes,
+            "latency_ms_p50": self.latency_ms_p50,
+            "latency_ms_p95": self.latency_ms_p95,
+        }
+        if self.ann_recall_10 is not None:
+            out["ann_recall@10"] = self.ann_recall_10
+        return {**out, **self.extra}

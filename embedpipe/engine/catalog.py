@@ -46,6 +46,14 @@ CREATE TABLE IF NOT EXISTS step_runs (
 CREATE TABLE IF NOT EXISTS skipped (
     run_id VARCHAR, step VARCHAR, item VARCHAR, reason VARCHAR, skipped_at TIMESTAMPTZ
 );
+CREATE TABLE IF NOT EXISTS evals (
+    eval_id VARCHAR PRIMARY KEY, run_id VARCHAR, pipeline VARCHAR, spec_hash VARCHAR,
+    step VARCHAR, index_table VARCHAR, lance_version BIGINT, config VARCHAR,
+    queries_path VARCHAR, qrels_path VARCHAR, k BIGINT, evaluated_at TIMESTAMPTZ,
+    seconds DOUBLE, ndcg_10 DOUBLE, recall_10 DOUBLE, recall_100 DOUBLE, mrr_10 DOUBLE,
+    queries BIGINT, bytes_per_vector DOUBLE, index_bytes BIGINT, latency_ms_p50 DOUBLE,
+    latency_ms_p95 DOUBLE, ann_recall_10 DOUBLE, metrics VARCHAR
+);
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS noop BOOLEAN;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS prefect VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS rolled_back_to BIGINT;
@@ -188,6 +196,24 @@ class Catalog:
             v: {"run_id": r, "note": f"rollback to v{back}" if back is not None else None}
             for v, r, back in rows
         }
+
+    def record_eval(self, **row: Any) -> None:
+        """One `pipe eval` result (a row of ``evals``: metrics over time, in `pipe sql`)."""
+        self._insert("evals", row)
+
+    def last_completed(self) -> dict[str, Any] | None:
+        """The newest completed run that committed a version (what an eval measures)."""
+        if not self.path.exists():
+            return None
+        with self.open(read_only=True) as con:
+            rel = con.execute(
+                "SELECT run_id, spec_hash, lance_version FROM runs WHERE status = 'completed' "
+                "ORDER BY started_at DESC LIMIT 1"
+            )
+            row = rel.fetchone()
+        return (
+            dict(zip(("run_id", "spec_hash", "lance_version"), row, strict=True)) if row else None
+        )
 
     def _insert(self, table: str, row: dict[str, Any]) -> None:
         with self._connect() as con:

@@ -38,13 +38,28 @@ def connect(dag: Dag, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
         con.execute("USE catalog")
         con.execute(DDL)
         con.execute("USE memory")
+    present = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'catalog'"
+    ).fetchall()}  # fmt: skip
     for t in TABLES:
-        if t not in lance_names:
+        if t in lance_names:
+            continue
+        if t in present:
             con.execute(f"CREATE VIEW {_ident(t)} AS SELECT * FROM catalog.{_ident(t)}")
+        else:  # a catalog from an older embedpipe: the table, empty, until a write adds it
+            con.execute(_create(t))
     if read_only:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     return con
+
+
+def _create(table: str) -> str:
+    """The DDL statement that creates ``table`` (in the current schema)."""
+    for statement in DDL.split(";"):
+        if statement.strip().startswith(f"CREATE TABLE IF NOT EXISTS {table} ("):
+            return statement
+    raise KeyError(table)
 
 
 def _literal(text: str) -> str:

@@ -2,7 +2,10 @@
 
 1. **Encode** the queries with the encoder the step that made the searched column supplies
    (``Step.query_encoder``), in batches.
-2. **Candidates**: nearest rows on the index's search column, with its metric and ANN knobs.
+2. **Candidates**: nearest rows on the index's search column, with its metric and ANN knobs;
+   or, for a column the store cannot search (int8 codes) and for ``asymmetric`` search, every
+   row scored in process by the scorer of the step that made the column (``Step.query_scorer``:
+   a float query against the stored codes).
 3. **Re-score** (when the index declares one): a shortlist of ``k * shortlist`` candidates
    scored exactly on another vector column, with that column's own query encoder.
 4. **Stages** that steps contribute (``Step.query_stages``): those of the index step, of the
@@ -19,12 +22,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from embedpipe.dag import Dag
 from embedpipe.engine.workspace import Workspace
 from embedpipe.errors import NoQueryEncoder, NotIndexed
 from embedpipe.results import Hit
-from embedpipe.steps.base import QueryEncoder, QueryStage, VectorColumn
+from embedpipe.schemas import type_name
+from embedpipe.steps.base import QueryEncoder, QueryStage, Scorer, VectorColumn
 
 SHOWN = ("doc_id", "chunk_id", "text", "title")  # what every hit carries, where the table has it
 
@@ -33,6 +38,17 @@ def score(metric: str, distance: np.ndarray | float) -> Any:
     """Higher is better: similarity for cosine and dot (Lance returns 1 - similarity), the
     negated distance otherwise."""
     return 1.0 - distance if metric in ("cosine", "dot") else -distance
+
+
+def store_searchable(column: VectorColumn) -> bool:
+    """Whether LanceDB searches ``column`` itself: float vectors, or bit-packed codes by
+    Hamming distance (not int8 codes)."""
+    value = getattr(column.type, "value_type", None)
+    if value is None:
+        return False
+    return pa.types.is_floating(value) or (
+        column.metric == "hamming" and pa.types.is_unsigned_integer(value)
+    )
 
 
 def similarity(metric: str, docs: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -65,7 +81,15 @@ class Searcher:
                 f"pipe run {dag.spec.path}"
             )
         self.column = self.target.vector(self.target.search)
-        self.encode = self._encoder(self.column.name)
+        # Scan in process (every row scored by the producing step's scorer) when asked to
+        # (asymmetric) or when the store cannot compare the column itself.
+        self.scorer: Scorer | None = None
+        if self.target.asymmetric or not store_searchable(self.column):
+            self.scorer = self._scorer(self.column.name)
+            self.encode = self.scorer.encode
+        else:
+            self.encode = self._encoder(self.column.name)
+        self._scanned: tuple[int, np.ndarray, np.ndarray] | None = None  # version, ids, codes
         self.rescore: VectorColumn | None = None
         self.encode_rescore: QueryEncoder | None = None
         if self.target.rescore:
@@ -75,6 +99,19 @@ class Searcher:
         with self.ws.reading(table):
             self.tbl = self.ws.connect().open_table(table)
             have = set(self.tbl.schema.names)
+            stored = self.tbl.schema.field(self.column.name) if self.column.name in have else None
+        declared = self.column.type
+        if stored is None or (
+            pa.types.is_fixed_size_list(declared) and not stored.type.equals(declared)
+        ):
+            name = self.column.name
+            held = f"no column '{name}'" if stored is None else (
+                f"'{name}' as {type_name(stored.type)}")  # fmt: skip
+            raise NotIndexed(
+                f"table '{table}' holds {held}, but the spec makes it {type_name(declared)}: "
+                f"the spec changed since the table was written; run it first: "
+                f"pipe run {dag.spec.path}"
+            )
         wanted = [*SHOWN, self.target.key] + [c for s in self.stages for c in s.columns]
         if self.rescore:
             wanted.append(self.rescore.name)
@@ -91,6 +128,22 @@ class Searcher:
             f"column '{column}'; the step that writes '{column}' must implement query_encoder()"
         )
 
+    def _scorer(self, column: str) -> Scorer:
+        for step in [self.dag.steps[self.step], *self.dag.ancestors(self.step)]:
+            scorer = step.query_scorer(column)
+            if scorer is not None:
+                return scorer
+        why = (
+            "asymmetric: true"
+            if self.target.asymmetric
+            else (f"LanceDB cannot search its type ({self.column.type})")
+        )
+        raise NoQueryEncoder(
+            f"index step '{self.step}' searches '{column}' in process ({why}), but no step "
+            f"upstream scores queries against it; the step that writes '{column}' must "
+            "implement query_scorer()"
+        )  # fmt: skip
+
     def _stages(self) -> list[QueryStage]:
         related = {self.step}
         related |= {s.name for s in self.dag.ancestors(self.step)}
@@ -104,12 +157,21 @@ class Searcher:
         return self.search_many([query], k)[0]
 
     def search_many(
-        self, queries: Sequence[str], k: int = 10, *, batch: int = 64
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        batch: int = 64,
+        exact: bool = False,
+        refresh: bool = True,
     ) -> list[list[Hit]]:
-        """Top-``k`` hits for each query, best first; queries are encoded ``batch`` at a time."""
+        """Top-``k`` hits for each query, best first; queries are encoded ``batch`` at a time.
+        ``exact``: ignore the ANN index (what `pipe eval` measures its recall against);
+        ``refresh=False``: search the table version already open (timing loops)."""
         out: list[list[Hit]] = []
-        with self.ws.reading(self.target.table):
-            self.tbl.checkout_latest()  # a run in another process may have committed since
+        if refresh:
+            with self.ws.reading(self.target.table):
+                self.tbl.checkout_latest()  # a run in another process may have committed
         for i in range(0, len(queries), batch):
             part = list(queries[i : i + batch])
             vectors = self.encode(part)
@@ -117,7 +179,7 @@ class Searcher:
             depth = max([1, *(s.depth for s in self.stages)])
             hits = []
             for j, vector in enumerate(vectors):
-                found = self._candidates(vector, k * max(depth, self.target.shortlist))
+                found = self._candidates(vector, k * max(depth, self.target.shortlist), exact)
                 if rescore is not None:
                     found = self._rescored(found, rescore[j])[: k * depth]
                 hits.append(found)
@@ -129,8 +191,40 @@ class Searcher:
                        for found in hits)  # fmt: skip
         return out
 
-    def _candidates(self, vector: np.ndarray, n: int) -> list[Hit]:
-        column, ann = self.column, self.column.ann
+    def _scan(self, query: np.ndarray, n: int) -> list[Hit]:
+        """The ``n`` best rows by the scorer, every row of the table scored (codes are read
+        once per table version and kept)."""
+        assert self.scorer is not None
+        ds = self.tbl.to_lance()
+        if self._scanned is None or self._scanned[0] != ds.version:
+            with self.ws.reading(self.target.table):
+                t = ds.to_table(columns=[self.column.name], with_row_id=True)
+            col = t.column(self.column.name).combine_chunks()
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            codes = flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 1)
+            ids = t.column("_rowid").to_numpy()
+            self._scanned = (ds.version, ids, codes)
+        _, ids, codes = self._scanned
+        if not len(ids):
+            return []
+        scores = np.asarray(self.scorer.score(np.asarray(query), codes), np.float64)
+        n = min(n, len(scores))
+        best = np.argpartition(-scores, n - 1)[:n]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        with self.ws.reading(self.target.table):
+            rows = ds._take_rows(ids[best].tolist(), columns=self.columns).to_pylist()
+        hits = []
+        for row, s in zip(rows, scores[best], strict=True):
+            row["score"] = float(s)
+            row["title"] = row.get("title") or ""
+            hits.append(row)
+        return hits
+
+    def _candidates(self, vector: np.ndarray, n: int, exact: bool = False) -> list[Hit]:
+        if self.scorer is not None:
+            return self._scan(vector, n)
+        column = self.column
+        ann = None if exact else column.ann
         q = (
             self.tbl.search(vector, vector_column_name=column.name)
             .distance_type(column.metric)

@@ -129,7 +129,7 @@ def _row_values(col: pa.Array | pa.ChunkedArray) -> list[bytes]:
 
 # Names `pipe sql` gives the run catalog's views. An index table is a view of its own name
 # beside them, so it may not take one of these (it would hide the catalog's).
-CATALOG_VIEWS = ("runs", "step_runs", "skipped")
+CATALOG_VIEWS = ("runs", "step_runs", "skipped", "evals")
 
 # DuckDB keywords that cannot name a table unquoted (`select * from full` is a syntax error): its
 # categories 'reserved' and 'type_function' (full, left, join, ...), written out from

@@ -110,6 +110,9 @@ class IndexTarget:
     retain: int | None = 10  # versions kept for rollback; None keeps all
     lineage: tuple[str, ...] = ("spec_hash", "run_id")
     row_hash: str = "row_hash"
+    # Score ``search`` in process with the scorer of the step that made it (``Step.
+    # query_scorer``), a float query against the stored codes, instead of the store's search.
+    asymmetric: bool = False
 
     def vector(self, name: str) -> VectorColumn:
         return next(v for v in self.vectors if v.name == name)
@@ -131,6 +134,18 @@ class Store(Protocol):
 
 # -- what a step contributes to search ------------------------------------------------------------
 QueryEncoder = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Scores stored values of a column for a query, computed in process rather than by the
+    store: for columns the store cannot search (int8 codes) and for *asymmetric* search (a
+    float query against binary codes, no float read). ``encode`` makes the query's form
+    ``score`` takes; ``score(query, stored)`` gives one score per stored row (``stored`` has
+    one row each), higher is better."""
+
+    encode: QueryEncoder
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 class QueryStage(Protocol):
@@ -223,6 +238,8 @@ class Step:
         self.base_dir = base_dir
         self.upstream: list[Step] = []  # set by the DAG builder
         self.downstream: list[Step] = []
+        # The pipeline's workspace, set by the DAG builder: where fitted artifacts live.
+        self.workspace: Path | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -265,6 +282,11 @@ class Step:
 
     def query_encoder(self, column: str) -> QueryEncoder | None:
         """How queries become vectors comparable with ``column``, when this step made it."""
+        return None
+
+    def query_scorer(self, column: str) -> Scorer | None:
+        """How to score a query against ``column``'s stored values in process, when this step
+        made the column and the store cannot (or should not) compare them itself."""
         return None
 
     def upstream_query_encoder(self, column: str) -> QueryEncoder | None:

@@ -87,6 +87,16 @@ class IndexConfig(StepConfig):
         "vector", description="The vector column that re-scores (query time only).",
         json_schema_extra=QUERY_TIME,
     )  # fmt: skip
+    asymmetric: bool = Field(
+        False, description="Score a float query against the codes in `column` in process "
+        "(no float vector read; e.g. a float query against binary codes) instead of the "
+        "store's search (query time only).", json_schema_extra=QUERY_TIME,
+    )  # fmt: skip
+    store_vectors: bool = Field(
+        True, description="Keep the input's other vector columns (the float vectors beside "
+        "codes) in the table; false keeps only `column`, e.g. a binary-only index 32x smaller "
+        "(then `rescore` has nothing to read).",
+    )  # fmt: skip
     retain: int | None = Field(
         10,
         ge=1,
@@ -127,9 +137,20 @@ class Index(Step):
     def table_name(self, pipeline: str) -> str:
         return self.config.table or pipeline.replace("-", "_")
 
-    def output_schema(self, inputs: list[Link]) -> pa.Schema:
+    def _stored(self, inputs: list[Link]) -> pa.Schema:
+        """The input's columns the table keeps: all, or (``store_vectors: false``) all but the
+        vector columns other than the searched one."""
         upstream = inputs[0].schema if inputs else schemas.embeddings(self.config.dims)
-        return schemas.index_table(upstream)
+        if self.config.store_vectors:
+            return upstream
+        dropped = [
+            f.name for f in upstream if schemas.metric_of(f) and f.name != self.config.column
+        ]
+        keep = [i for i, f in enumerate(upstream) if f.name not in dropped]
+        return pa.schema([upstream.field(i) for i in keep], metadata=upstream.metadata)
+
+    def output_schema(self, inputs: list[Link]) -> pa.Schema:
+        return schemas.index_table(self._stored(inputs))
 
     def check(self, inputs: list[Link]) -> list[tuple[tuple[str, ...], str]]:
         if not inputs:
@@ -145,17 +166,23 @@ class Index(Step):
             ):
                 problems.append(((key,), f"'{name}' is not a vector column; vector columns: "
                                  f"{', '.join(marked) or 'none'}"))  # fmt: skip
+            elif key == "rescore_column" and not self.config.store_vectors:
+                problems.append((("store_vectors",), f"rescore reads '{name}', which "
+                                 "store_vectors: false leaves out of the table; keep it (true) "
+                                 "or drop rescore"))  # fmt: skip
         col = inputs[0].schema.get_field_index(self.config.column)
         metric = self.config.metric or marked.get(self.config.column)
         if col >= 0 and metric:
             value = getattr(inputs[0].schema.field(col).type, "value_type", None)
             codes = value is not None and pa.types.is_integer(value)
-            if (metric == "hamming") != codes:
-                want = "an integer code column" if metric == "hamming" else "a float column"
-                kind = schemas.type_name(inputs[0].schema.field(col).type)
-                problems.append(
-                    (("metric",), f"{metric} needs {want}; '{self.config.column}' is {kind}")
-                )
+            kind = schemas.type_name(inputs[0].schema.field(col).type)
+            if metric == "hamming" and not codes:
+                problems.append((("metric",), f"hamming needs an integer code column; "
+                                 f"'{self.config.column}' is {kind}"))  # fmt: skip
+            elif codes and metric != "hamming" and self.config.ann.type != "none":
+                problems.append((("ann", "type"), f"'{self.config.column}' is {kind}, scored "
+                                 f"by {metric} in process: no ANN index takes it; use "
+                                 "none"))  # fmt: skip
         if metric == "hamming" and self.config.ann.type not in ("none", "ivf_flat"):
             problems.append(
                 (("ann", "type"), f"{self.config.ann.type} cannot index hamming codes; use "
@@ -169,7 +196,7 @@ class Index(Step):
 
     def index_target(self, pipeline: str, inputs: list[Link]) -> IndexTarget:
         schema = self.output_schema(inputs)
-        upstream = inputs[0].schema if inputs else schemas.embeddings(self.config.dims)
+        upstream = self._stored(inputs)
         vectors = []
         for f in upstream:
             metric = schemas.metric_of(f)
@@ -192,6 +219,7 @@ class Index(Step):
             search=self.config.column,
             rescore=self.config.rescore_column if self.config.rescore else None,
             shortlist=self.config.rescore or 1,
+            asymmetric=self.config.asymmetric,
             retain=self.config.retain,
             lineage=schemas.LINEAGE,
             row_hash=schemas.ROW_HASH,

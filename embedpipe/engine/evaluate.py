@@ -1,0 +1,455 @@
+"""`pipe eval`: retrieval quality, size and latency of an index, on BEIR-format queries and qrels.
+
+Every query goes through the same search pipeline `pipe search` uses (``Searcher``), one at a
+time, so latency is what a user's single query costs (encoding included). Chunks are folded to
+documents, each scored by its best chunk, and the metrics come from ir-measures (nDCG@10,
+R@10, R@100, RR@10 — pytrec_eval underneath). When an ANN index answered, the same queries are
+searched exactly as well, and the ANN's recall@10 against exact search is reported.
+
+``sweep`` evaluates compression settings on one index without re-encoding: each setting is the
+spec with a ``compress`` step (and index settings) changed through overrides, run in a scratch
+workspace whose step caches are links to the main one's, so vectors come from the cache and only
+codes and the table are made.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedpipe import dag as dag_mod
+from embedpipe.dag import Dag
+from embedpipe.engine.catalog import Catalog, now
+from embedpipe.engine.search import Searcher
+from embedpipe.engine.workspace import Workspace
+from embedpipe.errors import EvalError, NotIndexed
+from embedpipe.results import EvalResult
+
+KEY = "doc_id"  # qrels name documents; hits are chunks, folded to their documents
+
+
+# -- inputs: BEIR queries and qrels ----------------------------------------------------------------
+def read_queries(path: Path) -> dict[str, str]:
+    """``{query id: text}`` from a BEIR ``queries.jsonl`` (``_id`` and ``text`` per line)."""
+    out: dict[str, str] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"{path}: cannot read the queries file ({exc})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            qid, text = row["_id"], row["text"]
+        except (ValueError, KeyError, TypeError):
+            raise EvalError(
+                f'{path}:{n}: not a query line; each line is a JSON object with "_id" and '
+                '"text", e.g. {"_id": "q1", "text": "what is ..."}'
+            ) from None
+        out[str(qid)] = str(text)
+    if not out:
+        raise EvalError(f"{path}: no queries in the file")
+    return out
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """``{query id: {doc id: relevance}}`` from a BEIR qrels TSV (``query-id corpus-id score``,
+    with or without its header) or a TREC qrels file (``qid 0 docid rel``)."""
+    out: dict[str, dict[str, int]] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"{path}: cannot read the qrels file ({exc})") from None
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts or (n == 1 and parts[0].lower() in ("query-id", "query_id", "qid")):
+            continue
+        if len(parts) not in (3, 4):
+            raise EvalError(
+                f"{path}:{n}: expected 'query-id<TAB>corpus-id<TAB>score' (BEIR) or "
+                f"'qid 0 docid rel' (TREC), found {len(parts)} fields"
+            )
+        qid, doc, rel = (parts[0], parts[1], parts[2]) if len(parts) == 3 else (
+            parts[0], parts[2], parts[3])  # fmt: skip
+        try:
+            out.setdefault(qid, {})[doc] = int(float(rel))
+        except ValueError:
+            raise EvalError(f"{path}:{n}: relevance '{rel}' is not a number") from None
+    if not out:
+        raise EvalError(f"{path}: no judgements in the file")
+    return out
+
+
+# -- metrics --------------------------------------------------------------------------------------
+MEASURES = ("nDCG@10", "R@10", "R@100", "RR@10")
+
+
+def metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean nDCG@10, R@10, R@100 and RR@10 over the queries of ``qrels`` (ir-measures). A
+    query with no hit scores 0 (it is not dropped, which would flatter the mean)."""
+    import ir_measures
+
+    measures = [ir_measures.parse_measure(m) for m in MEASURES]
+    judged = {q: docs for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
+    sums = dict.fromkeys(MEASURES, 0.0)
+    for m in ir_measures.iter_calc(measures, _qrels(judged), _run(run, judged)):
+        sums[str(m.measure)] += float(m.value)
+    n = len(judged)
+    return {k: (v / n if n else 0.0) for k, v in sums.items()}
+
+
+def _qrels(qrels: dict[str, dict[str, int]]) -> list[Any]:
+    import ir_measures
+
+    return [ir_measures.Qrel(q, d, r) for q, docs in qrels.items() for d, r in docs.items()]
+
+
+def _run(run: dict[str, dict[str, float]], judged: dict[str, Any]) -> list[Any]:
+    import ir_measures
+
+    return [
+        ir_measures.ScoredDoc(q, d, float(s))
+        for q, docs in run.items()
+        if q in judged
+        for d, s in docs.items()
+    ]
+
+
+def documents(hits: Sequence[dict[str, Any]], k: int) -> dict[str, float]:
+    """The top ``k`` documents of a query's chunk hits, each scored by its best chunk."""
+    best: dict[str, float] = {}
+    for h in hits:
+        doc = str(h.get(KEY) or h.get("chunk_id"))
+        if doc not in best or h["score"] > best[doc]:
+            best[doc] = float(h["score"])
+    return dict(sorted(best.items(), key=lambda kv: kv[1], reverse=True)[:k])
+
+
+# -- one evaluation -------------------------------------------------------------------------------
+@dataclass
+class EvalInput:
+    queries_path: Path
+    qrels_path: Path
+    k: int = 100
+    queries: dict[str, str] = field(default_factory=dict)
+    qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, queries: Path, qrels: Path, k: int = 100) -> EvalInput:
+        if k < 10:
+            raise EvalError(f"-k {k}: at least 10 (nDCG@10 and recall@10 need 10 documents)")
+        q, rels = read_queries(queries), read_qrels(qrels)
+        missing = [qid for qid in rels if qid not in q]
+        if len(missing) == len(rels):
+            raise EvalError(
+                f"no query of {qrels} is in {queries} (e.g. '{missing[0]}'): are they from "
+                "the same dataset?"
+            )
+        rels = {qid: docs for qid, docs in rels.items() if qid in q}
+        return cls(Path(queries), Path(qrels), k, {qid: q[qid] for qid in rels}, rels)
+
+
+def evaluate(
+    dag: Dag,
+    data: EvalInput,
+    *,
+    step: str | None = None,
+    config: str = "spec",
+    record: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Search every judged query through ``dag``'s search pipeline and measure it."""
+    t0 = time.perf_counter()
+    searcher = Searcher(dag, step)
+    ws = searcher.ws
+    chunks = _chunks_per_document(searcher)
+    depth = data.k * chunks  # enough chunks for k documents, however they are split
+    ids = list(data.queries)
+    searcher.search_many(ids[:1] and [data.queries[ids[0]]], 1)  # load the model, open the table
+    run: dict[str, dict[str, float]] = {}
+    top: dict[str, list[str]] = {}
+    latencies = []
+    for qid in ids:
+        start = time.perf_counter()
+        hits = searcher.search_many([data.queries[qid]], depth, refresh=False)[0]
+        latencies.append((time.perf_counter() - start) * 1000)
+        run[qid] = documents(hits, data.k)
+        top[qid] = [str(h.get("chunk_id")) for h in hits[:10]]
+        if progress:
+            progress(1)
+    scores = metrics(data.qrels, run)
+    ann_recall = None
+    if searcher.column.ann is not None and searcher.scorer is None and _has_ann(searcher):
+        texts = [data.queries[q] for q in ids]
+        exact = searcher.search_many(texts, 10, exact=True, refresh=False)
+        overlap = [len(set(top[q]) & {str(h.get("chunk_id")) for h in e}) / max(1, len(e))
+                   for q, e in zip(ids, exact, strict=True)]  # fmt: skip
+        ann_recall = float(np.mean(overlap)) if overlap else None
+    version = int(searcher.tbl.version)
+    result = EvalResult(
+        config=config,
+        ndcg_10=round(scores["nDCG@10"], 6),
+        recall_10=round(scores["R@10"], 6),
+        recall_100=round(scores["R@100"], 6),
+        mrr_10=round(scores["RR@10"], 6),
+        queries=len(ids),
+        bytes_per_vector=float(_bytes_per_vector(searcher)),
+        index_bytes=index_bytes(searcher),
+        latency_ms_p50=round(float(np.percentile(latencies, 50)), 3),
+        latency_ms_p95=round(float(np.percentile(latencies, 95)), 3),
+        ann_recall_10=None if ann_recall is None else round(ann_recall, 6),
+        lance_version=version,
+        seconds=round(time.perf_counter() - t0, 3),
+        eval_id=f"{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+    )
+    if record:
+        _record(dag, ws, searcher, data, result)
+    return result
+
+
+def _chunks_per_document(searcher: Searcher) -> int:
+    """Chunk hits to fetch per document wanted: the table's chunks per document, rounded up
+    (1 for whole documents), at most 20."""
+    ds = searcher.tbl.to_lance()
+    rows = ds.count_rows()
+    if not rows or KEY not in ds.schema.names:
+        return 1
+    import pyarrow.compute as pc
+
+    docs = len(pc.unique(ds.to_table(columns=[KEY]).column(KEY)))
+    return max(1, min(20, math.ceil(rows / max(1, docs))))
+
+
+def _has_ann(searcher: Searcher) -> bool:
+    try:
+        return bool(searcher.tbl.to_lance().list_indices())
+    except Exception:
+        return False
+
+
+def _bytes_per_vector(searcher: Searcher) -> float:
+    """Bytes of the searched column per row: what candidate search reads (codes or floats)."""
+    t = searcher.column.type
+    size = getattr(t, "list_size", None)
+    if not size:
+        ds = searcher.tbl.to_lance()
+        first = ds.head(1, columns=[searcher.column.name]).column(0)
+        size = len(first[0]) if len(first) else 0
+    return size * t.value_type.bit_width / 8
+
+
+def index_bytes(searcher: Searcher) -> int:
+    """Bytes on disk of the table's current version: its data, deletion and index files."""
+    ds = searcher.tbl.to_lance()
+    files = ds.tracked_files(min_version=ds.version).read_all().to_pylist()
+    root = Path(ds.uri)
+    total = 0
+    for f in files:
+        if f["version"] != ds.version or str(f["type"]) in ("manifest", "transaction file"):
+            continue
+        path = root / f["path"]
+        if path.exists():
+            total += path.stat().st_size
+    return total
+
+
+def _record(dag: Dag, ws: Workspace, searcher: Searcher, data: EvalInput, r: EvalResult) -> None:
+    catalog = Catalog(ws.catalog_path, dag.spec.path)
+    last = catalog.last_completed() or {}
+    catalog.record_eval(
+        eval_id=r.eval_id,
+        run_id=last.get("run_id"),
+        pipeline=dag.spec.name,
+        spec_hash=dag.spec.hash,
+        step=searcher.step,
+        index_table=searcher.target.table,
+        lance_version=r.lance_version,
+        config=r.config,
+        queries_path=str(data.queries_path),
+        qrels_path=str(data.qrels_path),
+        k=data.k,
+        evaluated_at=now(),
+        seconds=r.seconds,
+        ndcg_10=r.ndcg_10,
+        recall_10=r.recall_10,
+        recall_100=r.recall_100,
+        mrr_10=r.mrr_10,
+        queries=r.queries,
+        bytes_per_vector=r.bytes_per_vector,
+        index_bytes=r.index_bytes,
+        latency_ms_p50=r.latency_ms_p50,
+        latency_ms_p95=r.latency_ms_p95,
+        ann_recall_10=r.ann_recall_10,
+        metrics=json.dumps(r.to_json()),
+    )
+
+
+# -- the compression sweep ------------------------------------------------------------------------
+# (name, compress settings or None for the floats as they are, index settings)
+SWEEP: tuple[tuple[str, dict[str, Any] | None, dict[str, Any]], ...] = (
+    ("float", None, {}),
+    ("int8", {"method": "int8"}, {"store_vectors": False}),
+    ("binary", {"method": "binary"}, {"store_vectors": False}),
+    ("binary+rescore4", {"method": "binary"}, {"rescore": 4}),
+    ("binary+rescore10", {"method": "binary"}, {"rescore": 10}),
+    ("binary-asymmetric", {"method": "binary"}, {"asymmetric": True, "store_vectors": False}),
+    *(
+        (f"{m}-{d}", {"method": m, "dims": d}, {"store_vectors": False})
+        for m in ("matryoshka", "pca")
+        for d in (64, 128, 256)
+    ),
+)
+CODES_STEP = "sweep_codes"
+
+
+def sweep_overrides(dag: Dag, step: str | None = None) -> list[tuple[str, list[str]]]:
+    """Each sweep setting as ``--set`` overrides of ``dag``'s spec: a compress step fed by the
+    step that makes the float vectors, the index step reading its codes."""
+    index, target = dag.index(step)
+    source = _float_source(dag, index)
+    current = dag.steps[index].config.inputs()
+    configs = []
+    for name, codes, settings in SWEEP:
+        sets = []
+        if codes is None:
+            sets += [f"steps.{index}.input={source}", f"steps.{index}.column=vector"]
+        else:
+            sets += [f"steps.{CODES_STEP}.type=compress", f"steps.{CODES_STEP}.input={source}"]
+            sets += [f"steps.{CODES_STEP}.{k}={v}" for k, v in codes.items()]
+            sets += [f"steps.{index}.input={CODES_STEP}", f"steps.{index}.column=code"]
+            sets += [f"steps.{index}.metric=null", f"steps.{index}.ann.type=none"]
+        for key, value in settings.items():
+            sets.append(f"steps.{index}.{key}={json.dumps(value)}")
+        if "rescore" in settings:
+            sets.append(f"steps.{index}.rescore_column=vector")
+        if current and current != [source] and codes is None:
+            pass  # the spec's own code step stays, unread by the index
+        configs.append((name, sets))
+    del target
+    return configs
+
+
+def _float_source(dag: Dag, index: str) -> str:
+    """The step upstream of ``index`` that makes the float ``vector`` column (the encoder)."""
+    for s in dag.ancestors(index):
+        if s.query_encoder("vector") is not None and s.query_scorer("vector") is None:
+            return s.name
+    raise EvalError(
+        f"--sweep needs the float vectors the index step '{index}' is built from; no step "
+        "upstream of it makes a 'vector' column with a query encoder"
+    )
+
+
+def sweep(
+    dag: Dag,
+    data: EvalInput,
+    *,
+    step: str | None = None,
+    overrides: list[str] | None = None,
+    on_result: Callable[[EvalResult], None] | None = None,
+    keep: bool = False,
+) -> list[EvalResult]:
+    """Evaluate every setting of ``SWEEP`` on the spec's data, encoding nothing again."""
+    from embedpipe.engine.flow import execute
+
+    ws = Workspace(dag.spec.workspace, dag.spec.path)
+    index, target = dag.index(step)
+    if not ws.table_exists(target.table):
+        raise NotIndexed(
+            f"table '{target.table}' does not exist in {ws.root} yet; --sweep reuses its "
+            f"vectors: run first: pipe run {dag.spec.path}"
+        )
+    scratch = ws.root / "sweep"
+    results = []
+    for name, sets in sweep_overrides(dag, step):
+        variant_ws = scratch / name
+        shutil.rmtree(variant_ws, ignore_errors=True)
+        _link_caches(ws.root, variant_ws)
+        variant = dag_mod.load(
+            dag.spec.path, overrides=[*(overrides or []), *sets], workspace=variant_ws
+        )
+        run = execute(variant, overrides=sets, console=None, progress=False)
+        if run.status != "completed":
+            raise EvalError(f"sweep setting {name}: its run failed: {run.error}")
+        result = evaluate(variant, data, step=index, config=name, record=False)
+        _record(dag, ws, Searcher(variant, index), data, result)
+        results.append(result)
+        if on_result:
+            on_result(result)
+        if not keep:
+            shutil.rmtree(variant_ws, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def _link_caches(main: Path, variant: Path) -> None:
+    """The variant workspace's step caches as hard links to the main one's files (Lance never
+    rewrites a file in place), so its run finds every vector already computed."""
+    src = main / "cache"
+    if not src.is_dir():
+        return
+    shutil.copytree(src, variant / "cache", copy_function=_link)
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+# -- the plot -------------------------------------------------------------------------------------
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and quality (higher),
+    by increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot(results: Sequence[EvalResult], path: Path, title: str = "") -> Path:
+    """A PNG: nDCG@10 against bytes per vector and against p50 latency, Pareto fronts drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+    panels = (("bytes_per_vector", "bytes per vector (log scale)", True),
+              ("latency_ms_p50", "single-query latency p50 (ms)", False))  # fmt: skip
+    for ax, (attr, label, log) in zip(axes, panels, strict=True):
+        pts = [(float(getattr(r, attr)), r.ndcg_10) for r in results]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="tab:blue", zorder=3)
+        for r, (x, y) in zip(results, pts, strict=True):
+            ax.annotate(r.config, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        front = pareto(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="tab:orange",
+                linestyle="--", label="Pareto front", zorder=2)  # fmt: skip
+        if log:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("nDCG@10")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.suptitle(title or "quality against cost")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+    return path
