@@ -118,6 +118,24 @@ class Pipeline:
         data = EvalInput.read(Path(queries), Path(qrels), k)
         return sweep(self.dag, data, step=step, overrides=self.overrides, on_result=on_result)
 
+    def fit(
+        self,
+        step: str,
+        *,
+        queries: str | Path | None = None,
+        qrels: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """Fit a trainable step (a codec, a relevance adapter) as a new artifact version, from
+        what the last run computed; the next run uses it. Returns the artifact id and what the
+        step reports (rows fitted on, metrics)."""
+        from embedpipe.engine.evaluate import read_qrels, read_queries
+        from embedpipe.engine.fit import fit
+
+        q = read_queries(Path(queries)) if queries else None
+        rels = read_qrels(Path(qrels)) if qrels else None
+        self._searchers.clear()  # queries are coded with the new version from now on
+        return fit(self.dag, step, queries=q, qrels=rels)
+
     def sql(self, query: str) -> list[dict[str, Any]]:
         cols, rows = self.sql_rows(query)
         return [dict(zip(cols, r, strict=True)) for r in rows]

@@ -82,6 +82,21 @@ class Artifacts:
         found = self.versions(key)
         return found[-1] if found else None
 
+    def use(self, key: str, version: int) -> None:
+        """Record that rows are coded with ``version`` (what queries must be coded with)."""
+        folder = self.root / key
+        tmp = folder / f".in_use-{os.getpid()}"
+        tmp.write_text(f"v{version}\n")
+        os.replace(tmp, folder / "in_use")
+
+    def in_use(self, key: str) -> Artifact | None:
+        """The version the last run coded rows with (None before any run used one)."""
+        try:
+            name = (self.root / key / "in_use").read_text().strip()
+        except OSError:
+            return None
+        return next((a for a in self.versions(key) if f"v{a.version}" == name), None)
+
     def save(self, key: str, arrays: dict[str, np.ndarray], lineage: dict[str, Any]) -> Artifact:
         """Write a new version under ``key`` (all or nothing) and return it."""
         folder = self.root / key

@@ -338,6 +338,40 @@ def eval_(
         out.print(f"plot: {plot}")
 
 
+@app.command()
+def fit(
+    spec: SpecArg,
+    step: Annotated[str, typer.Option("--step", help="The trainable step to fit.")],
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            "--queries",
+            help="BEIR queries.jsonl (steps that learn from queries: the relevance adapter).",
+        ),
+    ] = None,
+    qrels: Annotated[Path | None, typer.Option("--qrels", help="BEIR qrels TSV.")] = None,
+    sets: SetOpt = None,
+    workspace: WsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit a trainable step (an int8 or PCA codec, a relevance adapter) as a new versioned
+    artifact from what the last run computed; the next run uses it.
+
+    Example: pipe fit spec.yaml --step codes
+    """
+    pipeline = _pipeline(spec, sets, workspace)
+    try:
+        report = pipeline.fit(step, queries=queries, qrels=qrels)
+    except EmbedpipeError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(_dump(report))
+        return
+    details = ", ".join(f"{k} {v}" for k, v in report.items() if k not in ("step", "artifact"))
+    out.print(f"fitted {report['step']}: artifact {report['artifact']} ({details})")
+    out.print(f"the next run uses it: pipe run {spec}")
+
+
 def _sweep_names() -> list[str]:
     from embedpipe.engine.evaluate import SWEEP
 

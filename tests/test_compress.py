@@ -15,7 +15,7 @@ import pytest
 import embedpipe
 from embedpipe.artifacts import Artifacts
 from embedpipe.engine.workspace import Workspace
-from embedpipe.errors import SpecError
+from embedpipe.errors import SpecError, UsageError
 from embedpipe.steps.codecs import CODECS, Binary, Int8, Pca
 from tests.conftest import CORPUS, write_jsonl
 
@@ -139,6 +139,20 @@ def test_compress_pipeline(tmp_path: Path, corpus: Path, write_spec: Callable[..
     assert all(np.array_equal(v, store.latest(key).arrays()[k]) for k, v in state.items())
     noop = embedpipe.load(spec).run()
     assert noop.noop and noop.steps["codes"].computed == 0
+
+    # `pipe fit` makes version 2; searches keep coding queries with version 1 until the next
+    # run has re-coded every row with version 2.
+    refit = embedpipe.load(spec)
+    before = refit.search(QUERY, 3)
+    report = refit.fit("codes")
+    assert report["artifact"].endswith("/v2") and report["fit_rows"] == len(CORPUS) + 1
+    assert store.in_use(key).version == 1 and refit.search(QUERY, 3) == before
+    recoded = embedpipe.load(spec).run()
+    assert recoded.steps["codes"].computed == len(CORPUS) + 1  # the cache named version 1
+    assert store.in_use(key).version == 2
+    assert {r["codec"] for r in refit.sql("select codec from coded")} == {f"codes/{key}/v2"}
+    with pytest.raises(UsageError, match="trainable steps in this spec: codes"):
+        refit.fit("index")
 
     # A binary-only index keeps no floats; a float query is scored against the bits
     # (asymmetric); int8 codes are scored in process.

@@ -204,6 +204,21 @@ class StepContext:
         return out
 
 
+@dataclass
+class FitContext:
+    """What `pipe fit` gives a trainable step (``Step.fit``)."""
+
+    workspace: Path
+    fit_id: str  # names this fit in artifacts' lineage
+    # The step's input rows as the last run computed them (iterable again and again); None
+    # when the step upstream keeps no cache to read them from.
+    rows: Iterable[pa.RecordBatch] | None = None
+    queries: dict[str, str] | None = None  # query id -> text (from --queries)
+    qrels: dict[str, dict[str, int]] | None = None  # query id -> {doc id: relevance}
+    # The pipeline's own search (queries, k) -> hits, for mining negatives; None without index.
+    search: Callable[[list[str], int], list[list[Hit]]] | None = None
+
+
 @dataclass(frozen=True)
 class Link:
     """Where a step reads from: the upstream step's name and the schema it writes."""
@@ -231,6 +246,8 @@ class Step:
     # Whether each output row depends on one input row only. Such a step implements ``map()``
     # over a window of rows, and an executor may run its windows anywhere, in any order.
     row_wise: ClassVar[bool] = False
+    # Whether the step has fitted state that `pipe fit` (re)fits: then it implements ``fit()``.
+    trainable: ClassVar[bool] = False
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
         self.name = name
@@ -313,6 +330,11 @@ class Step:
     def query_stages(self) -> list[QueryStage]:
         """Stages this step adds to every search of an index it feeds or reads, in DAG order."""
         return []
+
+    def fit(self, ctx: FitContext) -> dict[str, Any]:
+        """Fit a new version of the step's state (a trainable step; `pipe fit`) and return
+        what to report: at least ``artifact`` (its id); metrics where there are some."""
+        raise NotImplementedError(f"{type(self).__name__} is not trainable")
 
     def preflight(self) -> list[tuple[tuple[str, ...], str]]:
         """Checks against the outside world (do the sources exist?), for validate and run only:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +16,7 @@ from embedpipe.artifacts import Artifact, Artifacts, key_of
 from embedpipe.errors import ArtifactError
 from embedpipe.results import Event
 from embedpipe.steps.base import (
+    FitContext,
     Link,
     QueryEncoder,
     Scorer,
@@ -74,6 +75,7 @@ class Compress(Step):
     Config = CompressConfig
     config: CompressConfig
     row_wise = True  # one code per row, from that row's vector alone (once the codec exists)
+    trainable = True  # int8 and pca: `pipe fit` fits a new codec version
     plan_runs = False  # a plan must not fit (and so write) a codec
 
     def __init__(self, name: str, config: StepConfig, *, base_dir: Path) -> None:
@@ -172,28 +174,48 @@ class Compress(Step):
             raise ArtifactError(f"step '{self.name}' has no workspace to keep its codec in")
         return Artifacts(root, self.name)
 
-    def codec(self, workspace: Path | None = None) -> Codec:
-        """The codec as fitted (loaded from the workspace), or a fixed one (binary)."""
-        if self._codec is not None:
-            return self._codec
-        found = self._store(workspace).latest(self.codec_key())
+    def codec(self, workspace: Path | None = None, *, for_queries: bool = True) -> Codec:
+        """The fitted codec: for queries, the version the last run coded rows with (a version
+        `pipe fit` made since is used from the next run on); for a run, the newest."""
+        store = self._store(workspace)
+        key = self.codec_key()
+        found = (store.in_use(key) or store.latest(key)) if for_queries else store.latest(key)
         if found is None:
             raise ArtifactError(
-                f"step '{self.name}' has no fitted {self.config.method} codec in "
-                f"{self._store(workspace).root}; `pipe run` fits one on its first run"
+                f"step '{self.name}' has no fitted {self.config.method} codec in {store.root}; "
+                f"`pipe run` fits one on its first run"
             )
-        self._load(found)
-        assert self._codec is not None
-        return self._codec
+        return self._load(found)
 
-    def _load(self, artifact: Artifact) -> None:
+    def _load(self, artifact: Artifact) -> Codec:
         state = artifact.arrays()
         dims = int(state.pop("dims"))
         codec = self.make_codec(dims)
         codec.load(state)
         self._codec, self._artifact = codec, artifact
+        return codec
 
-    def fit(self, rows: Iterable[pa.RecordBatch], workspace: Path, run_id: str = "") -> Artifact:
+    def fit(self, ctx: FitContext) -> dict[str, Any]:
+        """`pipe fit`: a new codec version from the vectors the last run computed; the next
+        run re-codes every row with it, and queries are coded with it from then on."""
+        if not CODECS[self.config.method].fitted:
+            raise ArtifactError(
+                f"step '{self.name}': method {self.config.method} has nothing to fit (only "
+                "int8 and pca do)"
+            )
+        if ctx.rows is None:
+            raise ArtifactError(
+                f"step '{self.name}': no input vectors to fit on; run the pipeline first"
+            )
+        artifact = self.fit_codec(ctx.rows, ctx.workspace, ctx.fit_id)
+        lineage = artifact.lineage()
+        keys = ("fit_rows", "input_rows")
+        return {"artifact": artifact.id, "version": artifact.version,
+                **{k: lineage.get(k) for k in keys}}  # fmt: skip
+
+    def fit_codec(
+        self, rows: Iterable[pa.RecordBatch], workspace: Path, run_id: str = ""
+    ) -> Artifact:
         """Fit a new codec version on (an even sample of) the vectors in ``rows``."""
         total = sum(b.num_rows for b in rows)
         if total == 0:
@@ -223,11 +245,8 @@ class Compress(Step):
             "run_id": run_id,
         }
         state = {**codec.state, "dims": np.asarray(sample.shape[1])}
-        artifact = self._store(workspace).save(self.codec_key(), state, lineage)
-        self._load(artifact)
-        return artifact
+        return self._store(workspace).save(self.codec_key(), state, lineage)
 
-    # -- running ------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, str]:
         # A re-fit (`pipe fit`: version 2 on) changes every code, so cached codes of an
         # earlier version are not reused; the first fit, made by the first run, is the default.
@@ -243,21 +262,24 @@ class Compress(Step):
     def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
         # A fitted codec is fitted once, on the whole input of the first run, before any row
         # is coded; later runs (which see only new rows) load it.
-        if CODECS[self.config.method].fitted and self._codec is None:
-            found = self._store().latest(self.codec_key())
+        if CODECS[self.config.method].fitted:
+            store, key = self._store(), self.codec_key()
+            found = store.latest(key)
             if found is not None:
                 self._load(found)
             else:
                 assert self.workspace is not None, "setup() runs before windows()"
-                self.fit(rows, self.workspace, self._run_id)
+                found = self.fit_codec(rows, self.workspace, self._run_id)
+                self._load(found)
+            store.use(key, found.version)  # what queries are coded with from now on
         return rebatch(iter(rows), self.window_rows())
 
     def map(self, rows: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
         vectors = _matrix(rows.column(self.config.column))
         codec = self._codec
         if codec is None:
-            if CODECS[self.config.method].fitted:
-                codec = self.codec(ctx.workspace)  # a worker that did not fit it loads it
+            if CODECS[self.config.method].fitted:  # a worker that did not fit it loads it
+                codec = self.codec(ctx.workspace, for_queries=False)
             else:
                 codec = self._codec = self.make_codec(vectors.shape[1])
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
@@ -278,29 +300,37 @@ class Compress(Step):
             )
         return encoder
 
-    def _codec_for_queries(self, q: np.ndarray) -> Codec:
-        if self._codec is None and not CODECS[self.config.method].fitted:
-            self._codec = self.make_codec(q.shape[1])
-        return self.codec()
+    def _query_codec(self) -> Callable[[int], Codec]:
+        """The codec queries are coded with, loaded on the first query (a search pipeline
+        built later, after a run or a fit, loads it again)."""
+        loaded: list[Codec] = []
+
+        def get(dims: int) -> Codec:
+            if not loaded:
+                fitted = CODECS[self.config.method].fitted
+                loaded.append(self.codec() if fitted else self.make_codec(dims))
+            return loaded[0]
+
+        return get
 
     def query_encoder(self, column: str) -> QueryEncoder | None:
         if column != self.config.output:
             return None
-        encode = self._float_encoder()
+        encode, codec = self._float_encoder(), self._query_codec()
 
         def coded(queries: list[str]) -> np.ndarray:
             q = encode(queries)
-            return self._codec_for_queries(q).query(q)
+            return codec(q.shape[1]).query(q)
 
         return coded
 
     def query_scorer(self, column: str) -> Scorer | None:
         if column != self.config.output:
             return None
-        encode = self._float_encoder()
+        encode, codec = self._float_encoder(), self._query_codec()
 
         def score(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
-            return self._codec_for_queries(query[None, :]).score(query, stored)
+            return codec(query.shape[-1]).score(query, stored)
 
         return Scorer(encode=encode, score=score)
 
