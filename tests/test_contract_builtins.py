@@ -86,6 +86,22 @@ class TestIndexContract(StepContract):
         return _embeddings()
 
 
+class TestCompressContract(StepContract):
+    step_type = "compress"
+    config: ClassVar = {"input": "vectors", "method": "binary"}
+
+    def sample(self) -> pa.Table:
+        return _embeddings()
+
+
+class TestFittedCompressContract(StepContract):
+    step_type = "compress"
+    config: ClassVar = {"input": "vectors", "method": "pca", "dims": 4, "fit_rows": 256}
+
+    def sample(self) -> pa.Table:
+        return _embeddings()
+
+
 def test_index_writes_every_column_and_diffs_by_row_hash() -> None:
     """Unknown upstream columns pass through to the table; a second write of the same rows
     commits nothing; a changed row is the only one computed."""

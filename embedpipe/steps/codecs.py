@@ -154,26 +154,28 @@ class Matryoshka(Codec):
 
 class Pca(Matryoshka):
     """A rotation onto the corpus's principal axes (fitted), then the first ``keep``
-    dimensions, re-normalised: keeps more of the geometry than plain truncation."""
+    dimensions, re-normalised: keeps more of the geometry than plain truncation.
+
+    The axes are the eigenvectors of the corpus's second-moment matrix ``XᵀX / n``, not of its
+    covariance: the vectors are not centred, so the full rotation keeps every dot product, and
+    a query needs no corpus mean. (On SciFact with all-MiniLM-L6-v2, nDCG@10 at 128 dims: 0.636
+    uncentred, 0.611 centred, 0.602 plain truncation; float 0.645.)"""
 
     method = "pca"
     fitted = True
 
     def fit(self, sample: np.ndarray) -> None:
         x = np.asarray(sample, np.float64)
-        mean = x.mean(axis=0)
-        cov = np.cov(x - mean, rowvar=False)
-        values, vectors = np.linalg.eigh(cov)  # ascending
-        order = np.argsort(values)[::-1]
-        rotation = vectors[:, order]
+        values, vectors = np.linalg.eigh(x.T @ x / len(x))  # ascending
+        rotation = vectors[:, np.argsort(values)[::-1]]
         # A deterministic sign per axis (eigh's is arbitrary): the largest loading positive.
         signs = np.sign(rotation[np.abs(rotation).argmax(axis=0), np.arange(rotation.shape[1])])
         rotation *= np.where(signs == 0, 1.0, signs)
-        self.state = {"mean": mean.astype(np.float32), "rotation": rotation.astype(np.float32)}
+        self.state = {"rotation": rotation.astype(np.float32)}
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        rotated = (np.asarray(x, np.float32) - self.state["mean"]) @ self.state["rotation"]
-        return _unit(rotated[:, : self.keep])
+        rotated = np.asarray(x, np.float32) @ self.state["rotation"][:, : self.keep]
+        return _unit(rotated)
 
 
 CODECS: dict[str, type[Codec]] = {c.method: c for c in (Binary, Int8, Matryoshka, Pca)}

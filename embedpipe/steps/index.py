@@ -65,8 +65,8 @@ class IndexConfig(StepConfig):
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Lance table name (default: the pipeline name); also its view name in "
-        "`pipe sql`, so not runs, step_runs, skipped, a DuckDB reserved word or another index "
-        "step's table.",
+        "`pipe sql`, so not runs, step_runs, skipped, evals, a DuckDB reserved word or another "
+        "index step's table.",
     )
     column: str = Field(
         "vector", description="The vector column searched (one an upstream step marked)."
