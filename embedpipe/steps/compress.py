@@ -115,7 +115,7 @@ class Compress(Step):
                 schemas.vector_field(self.config.output, code_type, cls.metric),
                 pa.field(CODEC_COLUMN, pa.string()),
             ],
-            metadata=upstream.metadata,
+            metadata={"embedpipe.kind": "codes"},
         )
 
     def check(self, inputs: list[Link]) -> list[tuple[tuple[str, ...], str]]:
