@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedpipe.engine.crash import crash_point
+from embedpipe.engine.workspace import LEAN_SCAN
 from embedpipe.schemas import hash_rows
 from embedpipe.steps.base import Step
 
@@ -58,36 +59,34 @@ class StepCache:
                     legacy.rename(self.path)
 
     def _dataset(self) -> lance.LanceDataset | None:
-        return lance.dataset(str(self.path)) if self.path.is_dir() else None
+        if not self.path.is_dir():
+            return None
+        # A cache is read once per run, front to back: Lance's metadata cache (every data
+        # file's, kept for the dataset's life, so growing with the corpus) would be of no use.
+        return lance.dataset(str(self.path), metadata_cache_size_bytes=METADATA_CACHE)
 
     def schema(self) -> pa.Schema | None:
         """The cached rows' schema (without the key column); None while the cache is empty."""
         ds = self._dataset()
         return ds.schema.remove(ds.schema.get_field_index(KEY)) if ds is not None else None
 
+    def snapshot(self, *, touch: bool = True) -> Snapshot:
+        """The cache as it is now: its keys, and its rows read from that same version."""
+        ds = self._dataset()
+        if ds is not None and touch:  # most recently used: kept by prune(); a plan is no use
+            os.utime(self.path)
+        return Snapshot(ds)
+
     def keys(self, *, touch: bool = True) -> pa.Array:
         """Every cached key, as one Arrow string array (no Python object per key)."""
-        ds = self._dataset()
-        if ds is None:
-            return pa.array([], pa.string())
-        if touch:  # most recently used: kept by prune(); a plan does not count as a use
-            os.utime(self.path)
-        return ds.to_table(columns=[KEY]).column(KEY).combine_chunks()
+        return self.snapshot(touch=touch).keys
 
     def rows(self, keys: pa.Array, *, per_take: int = 4096) -> Iterator[pa.RecordBatch]:
-        """The cached output rows of ``keys``, without the key column, in cache order.
-
-        The key column is matched against ``keys`` once; the rows are then taken by position,
-        ``per_take`` at a time, so memory holds one slice of rows, never a scan's read-ahead."""
-        ds = self._dataset()
-        if ds is None or not len(keys):
+        """The cached output rows of ``keys``, without the key column, in cache order."""
+        snap = self.snapshot(touch=False)
+        if not len(keys):
             return
-        stored = ds.to_table(columns=[KEY]).column(KEY)
-        wanted = pc.indices_nonzero(pc.is_in(stored, value_set=keys))
-        del stored
-        for start in range(0, len(wanted), per_take):
-            part = ds.take(wanted.slice(start, per_take))
-            yield from part.drop_columns([KEY]).to_batches()
+        yield from snap.rows(pc.is_in(snap.keys, value_set=keys), per_take=per_take)
 
     def tee(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Pass ``batches`` through, appending each to the cache once it is produced."""
@@ -111,10 +110,12 @@ class StepCache:
         ds = self._dataset()
         if ds is None:
             return 0
-        keys = ds.to_table(columns=[KEY]).column(KEY)
+        keys = _column(ds, KEY)
         wanted = used
         stale = len(keys) - pc.sum(pc.is_in(keys, value_set=wanted)).as_py()
-        if stale <= stale_share * len(keys):
+        total = len(keys)
+        del keys
+        if stale <= stale_share * total:
             return 0
         fresh = self.path.with_suffix(".lance.tmp")
         shutil.rmtree(fresh, ignore_errors=True)
@@ -131,3 +132,46 @@ class StepCache:
         fresh.rename(self.path)
         shutil.rmtree(old, ignore_errors=True)
         return stale
+
+
+METADATA_CACHE = 4 << 20  # bytes
+SCAN_SHARE = 0.25  # rows() scans when at least this share of the cache is wanted, else takes
+
+
+def _column(ds: lance.LanceDataset, name: str) -> pa.Array:
+    """One column of ``ds``, every row in scan order, as one array."""
+    return ds.to_table(columns=[name], **LEAN_SCAN).column(name).combine_chunks()
+
+
+class Snapshot:
+    """One version of a step cache: ``keys`` (in cache order) and ``rows`` of that version,
+    so that positions found in ``keys`` name the same rows when they are read."""
+
+    def __init__(self, ds: lance.LanceDataset | None) -> None:
+        self.ds = ds
+        self.keys = _column(ds, KEY) if ds is not None else pa.array([], pa.string())
+
+    def rows(self, wanted: pa.Array, *, per_take: int = 4096) -> Iterator[pa.RecordBatch]:
+        """The rows where ``wanted`` (a boolean per key of ``keys``) is true, without the key
+        column, in cache order. Most of the cache wanted (a re-run): one sequential scan,
+        filtered; a few rows: taken by position, ``per_take`` at a time. Either way memory
+        holds a few batches, never the whole cache."""
+        ds = self.ds
+        count = pc.sum(wanted).as_py() or 0
+        if ds is None or not count:
+            return
+        if len(wanted) != len(self.keys):
+            raise ValueError("wanted must hold one boolean per key of this snapshot")
+        columns = [n for n in ds.schema.names if n != KEY]
+        if count >= SCAN_SHARE * len(wanted):
+            at = 0
+            for batch in ds.to_batches(columns=columns, batch_size=per_take, **LEAN_SCAN):
+                n = batch.num_rows
+                part = batch if count == len(wanted) else batch.filter(wanted.slice(at, n))
+                at += n
+                if part.num_rows:
+                    yield part
+            return
+        positions = pc.indices_nonzero(wanted)
+        for start in range(0, len(positions), per_take):
+            yield from ds.take(positions.slice(start, per_take), columns=columns).to_batches()

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from lancedb.index import HnswSq, IvfFlat, IvfPq
 
 from embedpipe.engine.crash import crash_point
-from embedpipe.engine.workspace import Workspace
+from embedpipe.engine.workspace import LEAN_SCAN, Workspace
 from embedpipe.errors import NoRows
 from embedpipe.schemas import hash_rows
 from embedpipe.steps.base import IndexTarget, VectorColumn
@@ -242,12 +242,14 @@ def diff(tbl: Any, incoming: Iterator[pa.RecordBatch], target: IndexTarget) -> d
     """
     key, row_hash = target.key, target.row_hash
     ds = tbl.to_lance()
+    come = columns(incoming, [key, row_hash])  # first: the rows' hashing is what takes time
     if row_hash in ds.schema.names:
-        have = ds.to_table(columns=[key, row_hash])
+        have = ds.to_table(columns=[key, row_hash], **LEAN_SCAN)
     else:  # a table from before row hashes: every row counts as changed
-        keys = ds.to_table(columns=[key]).column(key)
+        keys = ds.to_table(columns=[key], **LEAN_SCAN).column(key)
         have = pa.table({key: keys, row_hash: pa.nulls(len(keys), pa.string())})
-    return compare(have, columns(incoming, [key, row_hash]), key, row_hash)
+    del ds
+    return compare(have, come, key, row_hash)
 
 
 def columns(batches: Iterable[pa.RecordBatch], names: list[str]) -> pa.Table:
@@ -266,7 +268,30 @@ _EMPTY = pa.array([], pa.string())
 
 def compare(have: pa.Table, come: pa.Table, key: str, value: str) -> dict[str, Any]:
     """``come`` against ``have`` (both key -> value): counts of new, changed and deleted keys,
-    plus ``todo`` (the keys of new and changed rows) and ``gone`` (deleted keys), as arrays."""
+    plus ``todo`` (the keys of new and changed rows) and ``gone`` (deleted keys), as arrays.
+
+    Each incoming key is looked up once among ``have``'s keys and its value compared with the
+    value found there (a null value never equals anything), so memory holds the two tables,
+    a hash table of keys and a few booleans per row, never a join of the tables."""
+    have_keys, come_keys = have.column(key), come.column(key)
+    if pc.count_distinct(have_keys, mode="all").as_py() != len(have_keys):
+        return _compare_joined(have, come, key, value)  # a key held twice: compare every pair
+    at = pc.index_in(come_keys, value_set=have_keys)
+    known = pc.is_valid(at)
+    old = have.column(value).take(at)
+    del at
+    same = pc.fill_null(pc.equal(come.column(value), old), False)
+    del old
+    new_keys = come_keys.filter(pc.invert(known))
+    changed_keys = come_keys.filter(pc.and_(known, pc.invert(same)))
+    del known, same
+    gone = have_keys.filter(pc.invert(pc.is_in(have_keys, value_set=come_keys)))
+    return _counts(new_keys, changed_keys, gone, len(come))
+
+
+def _compare_joined(have: pa.Table, come: pa.Table, key: str, value: str) -> dict[str, Any]:
+    """``compare`` where ``have`` holds a key more than once: an incoming row is unchanged
+    only if every held row of its key has its value."""
     come = come.combine_chunks()
     have = have.combine_chunks()
     known = pc.is_in(come.column(key), value_set=have.column(key))
@@ -278,17 +303,24 @@ def compare(have: pa.Table, come: pa.Table, key: str, value: str) -> dict[str, A
     changed_keys = pc.filter(both.column(key), pc.invert(same))
     stay = pc.is_in(have.column(key), value_set=come.column(key))
     gone = pc.filter(have.column(key), pc.invert(stay))
+    return _counts(new_keys, changed_keys, gone, len(come))
+
+
+def _counts(new_keys: Any, changed_keys: Any, gone: Any, incoming: int) -> dict[str, Any]:
     new, changed = len(new_keys), len(changed_keys)
-    todo = pa.concat_arrays([new_keys.combine_chunks(), changed_keys.combine_chunks()])
     return {
         "computed": new + changed,
         "new": new,
         "changed": changed,
         "deleted": len(gone),
-        "incoming": len(come),
-        "todo": todo,
-        "gone": gone,
+        "incoming": incoming,
+        "todo": pa.concat_arrays([_array(new_keys), _array(changed_keys)]),
+        "gone": _array(gone),
     }
+
+
+def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _sub_vectors(dims: int) -> int:

@@ -12,6 +12,7 @@ reuses it instead of computing it twice.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import time
 import traceback
@@ -137,6 +138,7 @@ class Runner:
             res.skipped = len(res.skips)
             res.seconds = round(time.perf_counter() - t0, 3)
             self.bars.finish(name, res)
+            release_memory()
         if self.on_step_done:
             self.on_step_done(name, res)
         return res
@@ -188,29 +190,29 @@ class Runner:
     ) -> Iterator[pa.RecordBatch]:
         """Reuse cached output for input rows whose key is cached; run the step on the rest
         only (and load its model only if there is a rest)."""
-        known = cache.keys(touch=self.write_caches)
-        hits: list[pa.Array] = []
+        source = self.path(upstream)
+        # The input's keys first (kept for prune_caches), then one lookup of all of them in
+        # the cache: one hash table of the cache's keys, not one per input batch.
         used = self.used.setdefault(step.name, [])
+        for batch in read_staged(source):
+            res.rows_in += batch.num_rows
+            used.append(hash_rows(batch, step.cache_key))
+        snap = cache.snapshot(touch=self.write_caches)
+        keys = pa.chunked_array(used, pa.string())
+        cached = pc.is_in(keys, value_set=snap.keys)
+        todo = len(keys) - (pc.sum(cached).as_py() or 0)  # input rows to compute
+        # The cached rows those keys name (all of them, in cache order).
+        wanted = pc.is_in(snap.keys, value_set=keys) if len(snap.keys) else None
+        del keys
         misses = self.path(f"{step.name}.misses")
-        todo = 0  # input rows to compute
-        with pa.OSFile(str(self.path(upstream))) as source:
-            schema = pa.ipc.open_stream(source).schema
-
-        def split() -> Iterator[pa.RecordBatch]:
-            nonlocal todo
-            for batch in read_staged(self.path(upstream)):
-                res.rows_in += batch.num_rows
-                keys = hash_rows(batch, step.cache_key)
-                used.append(keys)
-                cached = pc.is_in(keys, value_set=known)
-                hits.append(pc.filter(keys, cached))
-                rest = batch.filter(pc.invert(cached))
-                todo += rest.num_rows
-                yield rest
-
-        write_staged(misses, split(), schema)
-        found = pa.concat_arrays(hits) if hits else pa.array([], pa.string())
-        yield from counted(cache.rows(found), res, tick, cached=True)
+        if todo:  # a re-run where nothing changed stages nothing here
+            with pa.OSFile(str(source)) as file:
+                schema = pa.ipc.open_stream(file).schema
+            write_staged(misses, _rest(read_staged(source), cached), schema)
+        del cached
+        if wanted is not None:
+            yield from counted(snap.rows(wanted), res, tick, cached=True)
+        del snap, wanted
         if not todo:
             return
         if self.planning and not step.plan_runs:
@@ -227,7 +229,8 @@ class Runner:
             cache = self._cache_for(name)
             used = next((r.used[name] for r in runs if name in r.used), None)
             if cache is not None and used is not None:
-                cache.prune(pa.concat_arrays(used) if used else pa.array([], pa.string()))
+                cache.prune(pa.chunked_array(used, pa.string()))
+                release_memory()
 
     def _placeholders(
         self, step: Step, rows: Staged, res: StepResult, schema: pa.Schema | None
@@ -276,6 +279,26 @@ class Runner:
             f'pipe sql {spec} "select step, status, error from step_runs {where}" and '
             f'pipe sql {spec} "select * from skipped {where}"; fix, then re-run: pipe run {spec}'
         )
+
+
+def release_memory() -> None:
+    """Hand the memory a step freed back to the system before the next step: Arrow's pool
+    and the C allocator (Lance's) otherwise keep freed pages, and each step's peak would
+    stack on what the steps before it left."""
+    pa.default_memory_pool().release_unused()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``; None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+_malloc_trim = _trim()
 
 
 def reason(exc: BaseException) -> str:
@@ -347,6 +370,15 @@ def write_staged(path: Path, batches: Iterator[pa.RecordBatch], schema: pa.Schem
         if writer is None:
             writer = pa.ipc.new_stream(sink, schema)
         writer.close()
+
+
+def _rest(batches: Iterable[pa.RecordBatch], cached: pa.ChunkedArray) -> Iterator[pa.RecordBatch]:
+    """The rows of ``batches`` whose flag in ``cached`` (one per row, in order) is false."""
+    at = 0
+    for batch in batches:
+        n = batch.num_rows
+        yield batch.filter(pc.invert(cached.slice(at, n)))
+        at += n
 
 
 def read_staged(path: Path) -> Iterator[pa.RecordBatch]:

@@ -34,6 +34,15 @@ STAGING_MARKER = ".embedpipe-run"  # in each run's staging folder: this folder i
 _RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$")  # catalog.new_run_id, for older folders
 # errno values that mean "this cannot be written", whoever runs the command.
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+# Whole-column reads of a table or step cache (keys, hashes): read-ahead kept to a few batches
+# in order. Lance's defaults let a scan queue decoded data up to gigabytes, so that memory
+# grew with the number of fragments, i.e. with the corpus.
+LEAN_SCAN: dict[str, Any] = {
+    "batch_readahead": 2,
+    "fragment_readahead": 1,
+    "io_buffer_size": 32 << 20,
+    "scan_in_order": True,
+}
 
 
 class Workspace:
@@ -116,7 +125,7 @@ class Workspace:
             ds = self.connect().open_table(table).to_lance()
             if any(c not in ds.schema.names for c in ("doc_id", "content_hash")):
                 return None
-            pairs = ds.to_table(columns=["doc_id", "content_hash"])
+            pairs = ds.to_table(columns=["doc_id", "content_hash"], **LEAN_SCAN)
         return pairs.group_by(["doc_id", "content_hash"], use_threads=False).aggregate([])
 
     def connect(self) -> Any:
