@@ -136,6 +136,14 @@ class Pipeline:
         self._searchers.clear()  # queries are coded with the new version from now on
         return fit(self.dag, step, queries=q, qrels=rels)
 
+    def plot(self, results: Sequence[EvalResult], path: str | Path) -> Path:
+        """A PNG of ``results`` (a sweep): nDCG@10 against bytes per vector and against p50
+        latency, with their Pareto fronts."""
+        from embedpipe.engine.evaluate import plot
+
+        n = results[0].queries if results else 0
+        return plot(results, Path(path), title=f"{self.name}: {n} queries")
+
     def sql(self, query: str) -> list[dict[str, Any]]:
         cols, rows = self.sql_rows(query)
         return [dict(zip(cols, r, strict=True)) for r in rows]

@@ -51,8 +51,8 @@ class Artifact:
                 return {k: npz[k] for k in npz.files}
         except (OSError, ValueError) as exc:
             raise ArtifactError(
-                f"artifact {self.path} is unreadable ({exc}); re-fit it with pipe fit, or "
-                "delete the folder to fit a new one on the next run"
+                f"artifact {self.path} is unreadable ({exc}); fit a new version with "
+                f"`pipe fit SPEC --step {self.step}`, then run the pipeline"
             ) from None
 
     def lineage(self) -> dict[str, Any]:
@@ -82,21 +82,6 @@ class Artifacts:
         found = self.versions(key)
         return found[-1] if found else None
 
-    def use(self, key: str, version: int) -> None:
-        """Record that rows are coded with ``version`` (what queries must be coded with)."""
-        folder = self.root / key
-        tmp = folder / f".in_use-{os.getpid()}"
-        tmp.write_text(f"v{version}\n")
-        os.replace(tmp, folder / "in_use")
-
-    def in_use(self, key: str) -> Artifact | None:
-        """The version the last run coded rows with (None before any run used one)."""
-        try:
-            name = (self.root / key / "in_use").read_text().strip()
-        except OSError:
-            return None
-        return next((a for a in self.versions(key) if f"v{a.version}" == name), None)
-
     def save(self, key: str, arrays: dict[str, np.ndarray], lineage: dict[str, Any]) -> Artifact:
         """Write a new version under ``key`` (all or nothing) and return it."""
         folder = self.root / key
@@ -107,6 +92,8 @@ class Artifacts:
         try:
             with open(tmp / "state.npz", "wb") as f:
                 np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
             record = {
                 "step": self.step,
                 "key": key,
@@ -114,12 +101,26 @@ class Artifacts:
                 "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 **lineage,
             }
-            (tmp / "lineage.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+            with open(tmp / "lineage.json", "w") as f:
+                f.write(json.dumps(record, indent=2, default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
             os.rename(tmp, folder / f"v{version}")
+            _fsync_dir(folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return Artifact(self.step, key, version, folder / f"v{version}")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename into ``path`` durable (a power loss keeps it or the old state)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def all_artifacts(workspace: Path) -> list[Artifact]:

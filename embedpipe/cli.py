@@ -269,7 +269,15 @@ def eval_(
     qrels: Annotated[
         Path, typer.Option("--qrels", help="BEIR qrels TSV (query-id, corpus-id, score).")
     ],
-    k: Annotated[int, typer.Option("-k", "--k", min=10, help="Documents retrieved.")] = 100,
+    k: Annotated[
+        int,
+        typer.Option(
+            "-k",
+            "--k",
+            min=10,
+            help="Documents retrieved per query (at least 100: recall@100 needs them).",
+        ),
+    ] = 100,
     sweep: Annotated[
         bool, typer.Option("--sweep", help="Every compression setting, on this index's vectors.")
     ] = False,
@@ -307,9 +315,7 @@ def eval_(
         else:
             results = [pipeline.eval(queries, qrels, k=k, step=step)]
         if plot is not None:
-            from embedpipe.engine.evaluate import plot as draw
-
-            draw(results, plot, title=f"{pipeline.name}: {results[0].queries} queries")
+            pipeline.plot(results, plot)
     except EmbedpipeError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -146,11 +146,15 @@ def test_compress_pipeline(tmp_path: Path, corpus: Path, write_spec: Callable[..
     before = refit.search(QUERY, 3)
     report = refit.fit("codes")
     assert report["artifact"].endswith("/v2") and report["fit_rows"] == len(CORPUS) + 1
-    assert store.in_use(key).version == 1 and refit.search(QUERY, 3) == before
+    assert refit.search(QUERY, 3) == before  # the table's rows name version 1
     recoded = embedpipe.load(spec).run()
     assert recoded.steps["codes"].computed == len(CORPUS) + 1  # the cache named version 1
-    assert store.in_use(key).version == 2
     assert {r["codec"] for r in refit.sql("select codec from coded")} == {f"codes/{key}/v2"}
+    after = refit.search(QUERY, 3)  # a new table version: queries coded with version 2
+    assert after[0]["doc_id"] == "d1"
+    # Rolled back, the rows name version 1 again, and so do the queries.
+    refit.rollback(recoded.lance_version - 1)
+    assert refit.search(QUERY, 3) == before
     with pytest.raises(UsageError, match="trainable steps in this spec: codes"):
         refit.fit("index")
 
@@ -185,6 +189,9 @@ def test_compress_pipeline(tmp_path: Path, corpus: Path, write_spec: Callable[..
          "no ANN index takes it"),
         (["steps.codes.column=text"], "compress needs floats"),
         (["steps.codes.dims=999"], "999 > the 384 dimensions"),
+        (["steps.index.column=vector", "steps.index.rescore=null",
+          "steps.index.asymmetric=true"], "asymmetric scores a float query against codes"),
+        (["steps.codes.output=codec"], "names each row's codec"),
     ],
 )  # fmt: skip
 def test_compress_spec_errors(
@@ -195,6 +202,24 @@ def test_compress_spec_errors(
         embedpipe.load(spec, overrides=sets)
     rendered = info.value.render()
     assert message in rendered and "spec.yaml:" in rendered, rendered
+
+
+def test_every_sweep_setting_is_a_valid_variant_of_a_coded_spec(
+    write_spec: Callable[..., Path], corpus: Path
+) -> None:
+    """A spec that already compresses and re-scores: no setting inherits its index settings."""
+    from embedpipe.engine.evaluate import SWEEP, sweep_overrides
+
+    coded = SPEC.replace("method: pca, dims: 4, fit_rows: 256", "method: binary")
+    spec = write_spec(coded.replace("rescore: 2}", "rescore: 2, asymmetric: true}"))
+    pipe = embedpipe.load(spec)
+    settings = sweep_overrides(pipe.dag)
+    assert [name for name, _ in settings] == [name for name, _, _ in SWEEP]
+    for name, sets in settings:
+        variant = embedpipe.load(spec, overrides=sets)  # a SpecError fails the test
+        target = variant.dag.targets["index"]
+        assert not target.asymmetric or name == "binary-asymmetric"
+        assert (target.rescore is not None) == name.startswith("binary+rescore")
 
 
 def test_lineage_json_is_readable(tmp_path: Path) -> None:

@@ -173,8 +173,18 @@ def evaluate(
     t0 = time.perf_counter()
     searcher = Searcher(dag, step)
     ws = searcher.ws
-    chunks = _chunks_per_document(searcher)
-    depth = data.k * chunks  # enough chunks for k documents, however they are split
+    rows, docs = _table_documents(searcher)
+    judged = {d for rels in data.qrels.values() for d, r in rels.items() if r > 0}
+    if rows and not judged & docs:
+        raise EvalError(
+            f"no document {data.qrels_path} judges relevant is in table "
+            f"'{searcher.target.table}' (e.g. '{next(iter(judged), '')}' is not; the table has "
+            f"e.g. '{next(iter(docs), '')}'): are the qrels for this corpus and its ids?"
+        )
+    wanted = max(data.k, 100)  # documents per query: recall@100 needs 100
+    # chunk hits per query: enough for `wanted` documents at the table's chunks per document;
+    # a query whose hits fold into fewer documents is searched again, deeper
+    first = wanted * max(1, min(20, math.ceil(rows / max(1, len(docs)))))
     ids = list(data.queries)
     searcher.search_many(ids[:1] and [data.queries[ids[0]]], 1)  # load the model, open the table
     run: dict[str, dict[str, float]] = {}
@@ -182,9 +192,15 @@ def evaluate(
     latencies = []
     for qid in ids:
         start = time.perf_counter()
-        hits = searcher.search_many([data.queries[qid]], depth, refresh=False)[0]
+        depth = first
+        while True:
+            hits = searcher.search_many([data.queries[qid]], depth, refresh=False)[0]
+            found = documents(hits, wanted)
+            if len(found) >= wanted or len(hits) < depth or depth >= rows:
+                break
+            depth *= 2
         latencies.append((time.perf_counter() - start) * 1000)
-        run[qid] = documents(hits, data.k)
+        run[qid] = found
         top[qid] = [str(h.get("chunk_id")) for h in hits[:10]]
         if progress:
             progress(1)
@@ -218,17 +234,14 @@ def evaluate(
     return result
 
 
-def _chunks_per_document(searcher: Searcher) -> int:
-    """Chunk hits to fetch per document wanted: the table's chunks per document, rounded up
-    (1 for whole documents), at most 20."""
-    ds = searcher.tbl.to_lance()
-    rows = ds.count_rows()
-    if not rows or KEY not in ds.schema.names:
-        return 1
+def _table_documents(searcher: Searcher) -> tuple[int, set[str]]:
+    """The table's row count and its distinct document ids."""
     import pyarrow.compute as pc
 
-    docs = len(pc.unique(ds.to_table(columns=[KEY]).column(KEY)))
-    return max(1, min(20, math.ceil(rows / max(1, docs))))
+    ds = searcher.tbl.to_lance()
+    rows = ds.count_rows()
+    column = KEY if KEY in ds.schema.names else searcher.target.key
+    return rows, set(pc.unique(ds.to_table(columns=[column]).column(column)).to_pylist())
 
 
 def _has_ann(searcher: Searcher) -> bool:
@@ -316,10 +329,13 @@ CODES_STEP = "sweep_codes"
 def sweep_overrides(dag: Dag, step: str | None = None) -> list[tuple[str, list[str]]]:
     """Each sweep setting as ``--set`` overrides of ``dag``'s spec: a compress step fed by the
     step that makes the float vectors, the index step reading its codes."""
-    index, target = dag.index(step)
+    index, _ = dag.index(step)
     source = _float_source(dag, index)
-    current = dag.steps[index].config.inputs()
     configs = []
+    # Every index setting a sweep varies is set for every setting, so none of the spec's own
+    # (a rescore, asymmetric, an ANN index on codes) leaks into another; all search exactly.
+    base = {"rescore": None, "rescore_column": "vector", "asymmetric": False,
+            "store_vectors": True, "metric": None, "ann.type": "none"}  # fmt: skip
     for name, codes, settings in SWEEP:
         sets = []
         if codes is None:
@@ -328,15 +344,9 @@ def sweep_overrides(dag: Dag, step: str | None = None) -> list[tuple[str, list[s
             sets += [f"steps.{CODES_STEP}.type=compress", f"steps.{CODES_STEP}.input={source}"]
             sets += [f"steps.{CODES_STEP}.{k}={v}" for k, v in codes.items()]
             sets += [f"steps.{index}.input={CODES_STEP}", f"steps.{index}.column=code"]
-            sets += [f"steps.{index}.metric=null", f"steps.{index}.ann.type=none"]
-        for key, value in settings.items():
+        for key, value in {**base, **settings}.items():
             sets.append(f"steps.{index}.{key}={json.dumps(value)}")
-        if "rescore" in settings:
-            sets.append(f"steps.{index}.rescore_column=vector")
-        if current and current != [source] and codes is None:
-            pass  # the spec's own code step stays, unread by the index
         configs.append((name, sets))
-    del target
     return configs
 
 
@@ -370,6 +380,7 @@ def sweep(
             f"table '{target.table}' does not exist in {ws.root} yet; --sweep reuses its "
             f"vectors: run first: pipe run {dag.spec.path}"
         )
+    main_version = ws.table_version(target.table)
     scratch = ws.root / "sweep"
     results = []
     for name, sets in sweep_overrides(dag, step):
@@ -383,6 +394,7 @@ def sweep(
         if run.status != "completed":
             raise EvalError(f"sweep setting {name}: its run failed: {run.error}")
         result = evaluate(variant, data, step=index, config=name, record=False)
+        result.lance_version = main_version  # the scratch table is gone; these are its vectors
         _record(dag, ws, Searcher(variant, index), data, result)
         results.append(result)
         if on_result:

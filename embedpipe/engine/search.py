@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedpipe.dag import Dag
 from embedpipe.engine.workspace import Workspace
@@ -81,25 +82,17 @@ class Searcher:
                 f"pipe run {dag.spec.path}"
             )
         self.column = self.target.vector(self.target.search)
-        # Scan in process (every row scored by the producing step's scorer) when asked to
-        # (asymmetric) or when the store cannot compare the column itself.
-        self.scorer: Scorer | None = None
-        if self.target.asymmetric or not store_searchable(self.column):
-            self.scorer = self._scorer(self.column.name)
-            self.encode = self.scorer.encode
-        else:
-            self.encode = self._encoder(self.column.name)
-        self._scanned: tuple[int, np.ndarray, np.ndarray] | None = None  # version, ids, codes
         self.rescore: VectorColumn | None = None
-        self.encode_rescore: QueryEncoder | None = None
         if self.target.rescore:
             self.rescore = self.target.vector(self.target.rescore)
-            self.encode_rescore = self._encoder(self.rescore.name)
         self.stages = self._stages()
+        self._scanned: tuple[int, np.ndarray, np.ndarray] | None = None  # version, ids, codes
+        self._ds: Any = None  # the Lance dataset of the version searched (in-process scans)
         with self.ws.reading(table):
             self.tbl = self.ws.connect().open_table(table)
             have = set(self.tbl.schema.names)
             stored = self.tbl.schema.field(self.column.name) if self.column.name in have else None
+            self._bind()
         declared = self.column.type
         if stored is None or (
             pa.types.is_fixed_size_list(declared) and not stored.type.equals(declared)
@@ -117,10 +110,47 @@ class Searcher:
             wanted.append(self.rescore.name)
         self.columns = list(dict.fromkeys(c for c in wanted if c in have))
 
+    def _bind(self) -> None:
+        """(Re)build the query encoders and scorer for the table version open now: a column
+        made with fitted state gets the state the table's rows name (read once per version)."""
+        self.version = int(self.tbl.version)
+        self._ds = None
+        self.states = {c.name: self._state(c) for c in self.target.vectors if c.made_with}
+        # Scan in process (every row scored by the producing step's scorer) when asked to
+        # (asymmetric) or when the store cannot compare the column itself.
+        self.scorer: Scorer | None = None
+        if self.target.asymmetric or not store_searchable(self.column):
+            self.scorer = self._scorer(self.column.name)
+            self.encode = self.scorer.encode
+        else:
+            self.encode = self._encoder(self.column.name)
+        self.encode_rescore: QueryEncoder | None = None
+        if self.rescore is not None:
+            self.encode_rescore = self._encoder(self.rescore.name)
+
+    def _state(self, column: VectorColumn) -> str | None:
+        """The one fitted state the table's rows name for ``column`` (None for no rows)."""
+        name = column.made_with
+        assert name is not None
+        if name not in self.tbl.schema.names:
+            return None
+        values = pc.unique(self.tbl.to_lance().to_table(columns=[name]).column(name))
+        named = [v for v in values.to_pylist() if v]
+        if len(named) > 1:
+            raise NotIndexed(
+                f"table '{self.target.table}' holds rows of '{column.name}' made with "
+                f"{len(named)} different states ({', '.join(sorted(named)[:3])}): a run was "
+                f"cut short; run again to re-code them: pipe run {self.dag.spec.path}"
+            )
+        return named[0] if named else None
+
+    def _kwargs(self, column: str) -> dict[str, Any]:
+        return {"state": self.states.get(column)} if column in self.states else {}
+
     def _encoder(self, column: str) -> QueryEncoder:
         """The query encoder of the step nearest the index that supplies one for ``column``."""
         for step in [self.dag.steps[self.step], *self.dag.ancestors(self.step)]:
-            encoder = step.query_encoder(column)
+            encoder = step.query_encoder(column, **self._kwargs(column))
             if encoder is not None:
                 return encoder
         raise NoQueryEncoder(
@@ -130,7 +160,7 @@ class Searcher:
 
     def _scorer(self, column: str) -> Scorer:
         for step in [self.dag.steps[self.step], *self.dag.ancestors(self.step)]:
-            scorer = step.query_scorer(column)
+            scorer = step.query_scorer(column, **self._kwargs(column))
             if scorer is not None:
                 return scorer
         why = (
@@ -172,6 +202,8 @@ class Searcher:
         if refresh:
             with self.ws.reading(self.target.table):
                 self.tbl.checkout_latest()  # a run in another process may have committed
+                if int(self.tbl.version) != self.version:
+                    self._bind()
         for i in range(0, len(queries), batch):
             part = list(queries[i : i + batch])
             vectors = self.encode(part)
@@ -195,7 +227,9 @@ class Searcher:
         """The ``n`` best rows by the scorer, every row of the table scored (codes are read
         once per table version and kept)."""
         assert self.scorer is not None
-        ds = self.tbl.to_lance()
+        if self._ds is None:
+            self._ds = self.tbl.to_lance()
+        ds = self._ds
         if self._scanned is None or self._scanned[0] != ds.version:
             with self.ws.reading(self.target.table):
                 t = ds.to_table(columns=[self.column.name], with_row_id=True)

@@ -53,9 +53,24 @@ def vector_type(dims: int | None) -> pa.DataType:
 METRIC = b"embedpipe.metric"
 
 
-def vector_field(name: str, type_: pa.DataType, metric: str) -> pa.Field:
-    """A column searched by ``metric`` (cosine, dot, l2, hamming)."""
-    return pa.field(name, type_, metadata={METRIC: metric.encode()})
+MADE_WITH = b"embedpipe.made_with"
+
+
+def vector_field(
+    name: str, type_: pa.DataType, metric: str, made_with: str | None = None
+) -> pa.Field:
+    """A column searched by ``metric`` (cosine, dot, l2, hamming). ``made_with``: the column
+    that names, per row, the fitted state (an artifact id) the vector was made with; queries
+    are then coded with the state the table's rows name."""
+    meta = {METRIC: metric.encode()}
+    if made_with:
+        meta[MADE_WITH] = made_with.encode()
+    return pa.field(name, type_, metadata=meta)
+
+
+def made_with_of(f: pa.Field) -> str | None:
+    value = (f.metadata or {}).get(MADE_WITH)
+    return value.decode() if value else None
 
 
 ANY_VECTOR = b"embedpipe.any_vector"

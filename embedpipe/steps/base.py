@@ -92,6 +92,9 @@ class VectorColumn:
     type: pa.DataType
     metric: str  # cosine | dot | l2 | hamming
     ann: Ann | None = None
+    # A column naming, per row, the fitted state (artifact id) this column was made with: the
+    # searcher reads it from the table and hands it to the query encoder and scorer.
+    made_with: str | None = None
 
 
 @dataclass(frozen=True)
@@ -297,11 +300,13 @@ class Step:
         """The table this step writes through the store lent to it, if it writes one."""
         return None
 
-    def query_encoder(self, column: str) -> QueryEncoder | None:
-        """How queries become vectors comparable with ``column``, when this step made it."""
+    def query_encoder(self, column: str, state: str | None = None) -> QueryEncoder | None:
+        """How queries become vectors comparable with ``column``, when this step made it.
+        ``state``: for a column marked ``made_with``, the fitted state the table's rows name
+        (the searcher passes it only for such columns)."""
         return None
 
-    def query_scorer(self, column: str) -> Scorer | None:
+    def query_scorer(self, column: str, state: str | None = None) -> Scorer | None:
         """How to score a query against ``column``'s stored values in process, when this step
         made the column and the store cannot (or should not) compare them itself."""
         return None

@@ -23,6 +23,8 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
+BLOCK = 65536  # rows scored at a time by the in-process scorers
+
 
 class Codec:
     """Base class; ``dims`` is the float input's dimension, ``keep`` the dims a code keeps."""
@@ -95,7 +97,9 @@ class Binary(Codec):
         q = np.asarray(q, np.float32).reshape(-1, 8)  # (bytes, 8)
         bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)  # (256, 8)
         tables = q @ bits.T.astype(np.float32)  # (bytes, 256)
-        sums = tables[np.arange(codes.shape[1]), codes.astype(np.intp)].sum(axis=1)
+        sums = np.zeros(len(codes), np.float32)
+        for j in range(codes.shape[1]):  # one byte column at a time: no (n, bytes) temporary
+            sums += tables[j][codes[:, j]]
         # divided by |±1 vector| = √d: the cosine of a unit query with the sign vector
         return ((2.0 * sums - q.sum()) / np.sqrt(self.dims)).astype(np.float32)
 
@@ -132,7 +136,10 @@ class Int8(Codec):
         # q · decode(c) = q · lo + Σ (q * step)_i (c_i + 128), without decoding every row
         q = np.asarray(q, np.float32)
         w = q * self._step()
-        return codes.astype(np.float32) @ w + (128.0 * w.sum() + q @ self.state["lo"])
+        out = np.empty(len(codes), np.float32)
+        for i in range(0, len(codes), BLOCK):  # in blocks: no float copy of every code at once
+            out[i : i + BLOCK] = codes[i : i + BLOCK].astype(np.float32) @ w
+        return out + (128.0 * w.sum() + q @ self.state["lo"])
 
 
 class Matryoshka(Codec):

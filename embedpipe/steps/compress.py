@@ -112,7 +112,9 @@ class Compress(Step):
         return pa.schema(
             [
                 *kept,
-                schemas.vector_field(self.config.output, code_type, cls.metric),
+                schemas.vector_field(
+                    self.config.output, code_type, cls.metric, made_with=CODEC_COLUMN
+                ),
                 pa.field(CODEC_COLUMN, pa.string()),
             ],
             metadata={"embedpipe.kind": "codes"},
@@ -145,7 +147,10 @@ class Compress(Step):
             if dims and keep and keep > dims:
                 problems.append((("dims",), f"{keep} > the {dims} dimensions of "
                                  f"'{self.config.column}'"))  # fmt: skip
-        if self.config.output in schema.names:
+        if self.config.output == CODEC_COLUMN:
+            problems.append((("output",), f"'{CODEC_COLUMN}' names each row's codec; choose "
+                             "another name for the code column"))  # fmt: skip
+        elif self.config.output in schema.names:
             name = self.config.output
             problems.append(
                 (("output",), f"the input already has a column '{name}'; choose another name")
@@ -174,12 +179,19 @@ class Compress(Step):
             raise ArtifactError(f"step '{self.name}' has no workspace to keep its codec in")
         return Artifacts(root, self.name)
 
-    def codec(self, workspace: Path | None = None, *, for_queries: bool = True) -> Codec:
-        """The fitted codec: for queries, the version the last run coded rows with (a version
-        `pipe fit` made since is used from the next run on); for a run, the newest."""
+    def codec(self, workspace: Path | None = None, *, state: str | None = None) -> Codec:
+        """The fitted codec: the version ``state`` names (the artifact id the table's rows
+        carry in their ``codec`` column, for queries), else the newest (for a run)."""
         store = self._store(workspace)
         key = self.codec_key()
-        found = (store.in_use(key) or store.latest(key)) if for_queries else store.latest(key)
+        found = store.latest(key)
+        if state and state.startswith(f"{self.name}/"):
+            found = next((a for a in store.versions(key) if a.id == state), None)
+            if found is None:
+                raise ArtifactError(
+                    f"the table's rows were coded with {state}, which is not in {store.root} "
+                    f"(another config, or removed); run the pipeline to re-code them"
+                )
         if found is None:
             raise ArtifactError(
                 f"step '{self.name}' has no fitted {self.config.method} codec in {store.root}; "
@@ -271,7 +283,6 @@ class Compress(Step):
                 assert self.workspace is not None, "setup() runs before windows()"
                 found = self.fit_codec(rows, self.workspace, self._run_id)
                 self._load(found)
-            store.use(key, found.version)  # what queries are coded with from now on
         return rebatch(iter(rows), self.window_rows())
 
     def map(self, rows: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
@@ -279,7 +290,7 @@ class Compress(Step):
         codec = self._codec
         if codec is None:
             if CODECS[self.config.method].fitted:  # a worker that did not fit it loads it
-                codec = self.codec(ctx.workspace, for_queries=False)
+                codec = self.codec(ctx.workspace)
             else:
                 codec = self._codec = self.make_codec(vectors.shape[1])
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
@@ -300,23 +311,23 @@ class Compress(Step):
             )
         return encoder
 
-    def _query_codec(self) -> Callable[[int], Codec]:
-        """The codec queries are coded with, loaded on the first query (a search pipeline
-        built later, after a run or a fit, loads it again)."""
+    def _query_codec(self, state: str | None) -> Callable[[int], Codec]:
+        """The codec queries are coded with: the version the table's rows were coded with
+        (``state``), loaded on the first query."""
         loaded: list[Codec] = []
 
         def get(dims: int) -> Codec:
             if not loaded:
                 fitted = CODECS[self.config.method].fitted
-                loaded.append(self.codec() if fitted else self.make_codec(dims))
+                loaded.append(self.codec(state=state) if fitted else self.make_codec(dims))
             return loaded[0]
 
         return get
 
-    def query_encoder(self, column: str) -> QueryEncoder | None:
+    def query_encoder(self, column: str, state: str | None = None) -> QueryEncoder | None:
         if column != self.config.output:
             return None
-        encode, codec = self._float_encoder(), self._query_codec()
+        encode, codec = self._float_encoder(), self._query_codec(state)
 
         def coded(queries: list[str]) -> np.ndarray:
             q = encode(queries)
@@ -324,10 +335,10 @@ class Compress(Step):
 
         return coded
 
-    def query_scorer(self, column: str) -> Scorer | None:
+    def query_scorer(self, column: str, state: str | None = None) -> Scorer | None:
         if column != self.config.output:
             return None
-        encode, codec = self._float_encoder(), self._query_codec()
+        encode, codec = self._float_encoder(), self._query_codec(state)
 
         def score(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
             return codec(query.shape[-1]).score(query, stored)

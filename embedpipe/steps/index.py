@@ -183,6 +183,10 @@ class Index(Step):
                 problems.append((("ann", "type"), f"'{self.config.column}' is {kind}, scored "
                                  f"by {metric} in process: no ANN index takes it; use "
                                  "none"))  # fmt: skip
+        if col >= 0 and self.config.asymmetric and not codes:
+            kind = schemas.type_name(inputs[0].schema.field(col).type)
+            problems.append((("asymmetric",), f"asymmetric scores a float query against codes; "
+                             f"'{self.config.column}' is {kind} (search it directly)"))  # fmt: skip
         if metric == "hamming" and self.config.ann.type not in ("none", "ivf_flat"):
             problems.append(
                 (("ann", "type"), f"{self.config.ann.type} cannot index hamming codes; use "
@@ -209,6 +213,7 @@ class Index(Step):
                     type=f.type,
                     metric=(self.config.metric or metric) if searched else metric,
                     ann=self.config.ann.declared() if searched else None,
+                    made_with=schemas.made_with_of(f),
                 )
             )
         return IndexTarget(
