@@ -14,10 +14,12 @@ codes and the table are made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -381,7 +383,10 @@ def sweep(
             f"vectors: run first: pipe run {dag.spec.path}"
         )
     main_version = ws.table_version(target.table)
-    scratch = ws.root / "sweep"
+    # Scratch workspaces beside the main one's caches (hard links need one file system), in a
+    # folder of this sweep's own: two sweeps at once never remove each other's.
+    (ws.root / "sweep").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{now():%Y%m%dT%H%M%S}-", dir=ws.root / "sweep"))
     results = []
     for name, sets in sweep_overrides(dag, step):
         variant_ws = scratch / name
@@ -403,6 +408,8 @@ def sweep(
             shutil.rmtree(variant_ws, ignore_errors=True)
     if not keep:
         shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (ws.root / "sweep").rmdir()  # when no other sweep is using it
     return results
 
 
