@@ -137,8 +137,9 @@ def test_user_files_in_a_shared_workspace_survive_runs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_tools_own_files_are_never_documents(tmp_path: Path) -> None:
-    """A workspace inside a source folder: its tables, catalog and caches are not read as
-    documents, so a second run finds nothing new, nothing skipped, nothing to do."""
+    """A workspace inside a source folder: its tables, catalog, caches and fitted artifacts
+    are not read as documents, so a second run finds nothing new, nothing skipped, nothing to
+    do."""
     for i, doc in enumerate(CORPUS[:3]):
         (tmp_path / f"{doc['_id']}.md").write_text(f"# {doc['title']}\n\n{doc['text']}\n")
         (tmp_path / f"note{i}.txt").write_text(doc["text"])
@@ -150,13 +151,15 @@ def test_the_tools_own_files_are_never_documents(tmp_path: Path) -> None:
           docs: {type: ingest, source: ., exclude: ["*.yaml"]}
           chunks: {type: chunk, input: docs, strategy: none}
           vectors: {type: encode, input: chunks}
-          index: {type: index, input: vectors}
+          codes: {type: compress, input: vectors, method: int8}
+          index: {type: index, input: codes, column: code}
         """).lstrip()
     )
     first = pipe(tmp_path, "run", "spec.yaml", "--json", "-q")
     assert first.returncode == 0, first.stderr
     assert one_json(first)["steps"]["docs"]["rows_out"] == 6
     assert (tmp_path / "catalog.duckdb").exists() and (tmp_path / "lance").is_dir()
+    assert any((tmp_path / "artifacts").rglob("lineage.json"))
     second = pipe(tmp_path, "run", "spec.yaml", "--json", "-q")
     assert second.returncode == 0, second.stderr  # 3 would mean skipped inputs
     steps = one_json(second)["steps"]

@@ -178,7 +178,8 @@ class Workspace:
         """Everything of the workspace's that the tool made (resolved paths): sources must not
         read it as documents, even when the workspace sits inside a source folder."""
         root = self.root.resolve()
-        named = [root / n for n in ("lance", "cache", ".catalog-pending", ".lock", SERVER_PID)]
+        names = ("lance", "cache", "artifacts", "sweep", ".catalog-pending", ".lock", SERVER_PID)
+        named = [root / n for n in names]
         named += [root / f"catalog.duckdb{s}" for s in ("", ".wal", ".tmp")]
         staging = root / "staging"
         if staging.is_dir():
