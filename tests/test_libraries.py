@@ -227,6 +227,11 @@ def test_ui_state_needs_a_live_prefect_process(
     assert state_for(other.pid) is None  # a pid reused by something else
     assert state_for(-1) is None and state_for("x") is None and state_for(None) is None
     server.kill()
+    # SIGKILL lands asynchronously: wait (without reaping) until the kernel made it a zombie
+    deadline = time.monotonic() + 30
+    while psutil.Process(server.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the killed stand-in never became a zombie"
+        time.sleep(0.05)
     assert state_for(server.pid) is None  # a zombie: not reaped yet, but gone
     server.wait()
     assert state_for(server.pid) is None
