@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format bench bench-incremental bench-scale clean
+.PHONY: help venv demo test test-slow lint format bench bench-incremental bench-scale bench-search bench-sweep clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ bench-incremental: $(STAMP) ## Benchmarks: full vs no-op vs 1%-changed `pipe run
 
 bench-scale: $(STAMP) ## Benchmarks: engine peak RSS and wall time, SciFact x1 vs x10 (~15 min)
 	$(BIN)/python bench/scale_engine.py --write
+
+bench-search: $(STAMP) ## Benchmarks: float exact vs binary + rescore vs IVF-PQ search, 1M vectors (~20 min)
+	$(BIN)/python bench/search.py --write
+
+bench-sweep: $(STAMP) ## Benchmarks: pipe eval --sweep on SciFact, ratios to float and a Pareto plot
+	$(BIN)/python bench/sweep.py --write
 
 clean: ## Remove the workspace (run output); keeps .venv
 	rm -rf workspace
