@@ -51,7 +51,7 @@ bench-incremental: $(STAMP) ## Benchmarks: full vs no-op vs 1%-changed `pipe run
 bench-scale: $(STAMP) ## Benchmarks: engine peak RSS and wall time, SciFact x1 vs x10 (~15 min)
 	$(BIN)/python bench/scale_engine.py --write
 
-bench-search: $(STAMP) ## Benchmarks: float exact vs binary + rescore vs IVF-PQ search, 1M vectors (~20 min)
+bench-search: $(STAMP) ## Benchmarks: float exact vs binary + rescore vs ANN search, 1M vectors (~20 min)
 	$(BIN)/python bench/search.py --write
 
 bench-sweep: $(STAMP) ## Benchmarks: pipe eval --sweep on SciFact, ratios to float and a Pareto plot
