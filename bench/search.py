@@ -87,7 +87,7 @@ from encode_overhead import (
     write_section,
 )
 from rich.console import Console
-from rich.table import Table
+from scale_engine import markdown, print_table
 
 import embedpipe
 
@@ -729,23 +729,6 @@ SEARCH_HEADS = [
     "max ms",
     "load at start",
 ]
-
-
-def markdown(heads: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
-    return [
-        "| " + " | ".join(heads) + " |",
-        "|" + "---|" * left + "---:|" * (len(heads) - left),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
-def print_table(heads: list[str], rows: list[list[str]], title: str, left: int = 1) -> None:
-    table = Table(title=title)
-    for i, h in enumerate(heads):
-        table.add_column(h, justify="left" if i < left else "right")
-    for row in rows:
-        table.add_row(*(cell.replace("**", "") for cell in row))
-    console.print(table)
 
 
 def engine_commit() -> str:
