@@ -29,11 +29,15 @@ upstream steps (the spec's ingest source is a one-line stand-in):
     ANN [, refine ×R]   the same table with `ann: {type: ivf_hnsw_sq}` (--ann; auto partitions
                         ≈ √rows, default nprobes), built the way the index step builds it
                         (``LanceStore._ann``); and the same with refine_factor R (--refine)
-    binary + rescore ×N compress binary (uint8[48], Hamming) and `column: code, rescore: N`
-                        (--rescore, default 4, 10 and 200): Hamming candidates from Lance, a
-                        k·N shortlist re-scored exactly on the `vector` column (kept)
+    binary + rescore ×N compress binary (uint8[48], Hamming) and `column: code, rescore: N`:
+                        a k·N shortlist re-scored exactly on the `vector` column (kept)
+                        (--rescore, default 4, 10, 100 and 200); the Hamming candidates come
+                        from the codes held in memory (`scan: auto`), and for the largest
+                        factor also from LanceDB's flat scan (`scan: lance`)
     binary only         the same codes with `store_vectors: false` (no floats in the table;
-                        the Hamming ranking alone)
+                        the Hamming ranking alone); and the same with `store_columns: []`
+                        (no text or title either: ids, content hashes, codes, lineage)
+    float, ids          the float table with `store_columns: []`, measured for bytes only
 
 For each: recall@10 against the exact top-10 (numpy, float32 cosine over all rows, for the same
 queries), single-query latency p50/p95 (every query once, after --warmup queries; float exact,
@@ -45,15 +49,16 @@ statistics) and peak RSS.
 Each step runs in a process of its own under bench/_rusage.py (this script with --job), so its
 peak RSS is its own: the parent stays small because Linux carries a process's peak RSS over
 fork and exec, so a child's figure is never below its parent's RSS when it was started. The
-three tables are written first; then float exact and the binary configurations search back to
+five tables are written first; then float exact and the binary configurations search back to
 back (their ratios are the targets); then the ANN index is built and searched. Before each
 search the script waits (up to --max-wait seconds in all) while the 1-minute load average is
 above --quiet-load; every process records the load it started at.
 
 Targets (issue 15), reported, not enforced: binary + rescore answers ≥ 5× faster (p50) than
 exact float search at recall@10 ≥ 0.95, and the binary-only table is ≥ 8× smaller on disk
-than the float table. With --write the "## Search at 1M vectors" section of bench/RESULTS.md is
-rewritten. Everything lives under --out (default /tmp/embedpipe-search; ~6 GB at 1M rows),
+than the float table (both without text, `store_columns: []`; with text, reported too). With
+--write the "## Search at 1M vectors" section of bench/RESULTS.md is rewritten. Everything
+lives under --out (default /tmp/embedpipe-search; ~9 GB at 1M rows),
 removed at the end unless --keep. Exits 1 when the benchmark itself fails
 (a table unlike its spec, a missing ANN index, query codes unlike the codec's).
 """
@@ -115,9 +120,10 @@ class Config:
     """One searched configuration: its index step, and the table it searches."""
 
     name: str
-    table: str  # float | binary+floats | binary-only
+    table: str  # a key of TABLES
     index: str  # the index step's settings (YAML flow mapping, without type)
     compress: bool = False  # a compress (binary) step between encode and index
+    searched: bool = True  # False: the table is only measured (bytes on disk)
 
     @property
     def slug(self) -> str:
@@ -158,6 +164,8 @@ TABLES = {
     "float": "float vectors",
     "binary+floats": "binary codes + float vectors",
     "binary-only": "binary codes (store_vectors: false)",
+    "float, ids": "float vectors, no text or title (store_columns: [])",
+    "binary-only, ids": "binary codes, no text or title (store_vectors: false, store_columns: [])",
 }
 
 
@@ -176,7 +184,21 @@ def configs(ann: str, refine: int, rescores: list[int]) -> list[Config]:
             Config(f"binary + rescore ×{n}", "binary+floats", f"{{{codes}, rescore: {n}}}", True)
             for n in rescores
         ),
+        # the same, Hamming candidates from LanceDB's flat scan instead of codes held in memory
+        Config(
+            f"binary + rescore ×{max(rescores)}, scan: lance",
+            "binary+floats",
+            f"{{{codes}, rescore: {max(rescores)}, scan: lance}}",
+            True,
+        ),
         Config("binary only", "binary-only", f"{{{codes}, store_vectors: false}}", True),
+        Config(
+            "binary only, ids",
+            "binary-only, ids",
+            f"{{{codes}, store_vectors: false, store_columns: []}}",
+            True,
+        ),
+        Config("float, ids", "float, ids", f"{{{floats}, store_columns: []}}", searched=False),
     ]
 
 
@@ -197,9 +219,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     parser.add_argument(
         "--rescore",
-        default="4,10,200",
-        help="binary + rescore shortlist factors (default 4,10,200: 200 is about what recall@10 "
-        "0.95 takes on these vectors)",
+        default="4,10,100,200",
+        help="binary + rescore shortlist factors (default 4,10,100,200: 200 is about what "
+        "recall@10 0.95 takes on these vectors); the largest is also run with scan: lance",
     )
     parser.add_argument(
         "--ann",
@@ -267,7 +289,7 @@ def write_spec(out: Path, config: Config) -> Path:
     path.write_text(
         f"# Written by bench/search.py: {config.name}. Never run: its table is written directly.\n"
         "name: bench_search\n"
-        f"workspace: ../../tables/{config.table}\n"
+        f"workspace: ../../tables/{''.join(c if c.isalnum() else '-' for c in config.table)}\n"
         "steps:\n"
         "  docs: {type: ingest, source: corpus.jsonl, format: beir}\n"
         "  chunks: {type: chunk, input: docs, strategy: none}\n"
@@ -519,7 +541,22 @@ def job_search(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-JOBS = {"prepare": job_prepare, "build": job_build, "index": job_index, "search": job_search}
+def job_bytes(job: dict[str, Any]) -> dict[str, Any]:
+    """Bytes on disk of the spec's table, as a search job reports them (no search)."""
+    from embedpipe.engine.evaluate import index_bytes
+    from embedpipe.engine.search import Searcher
+
+    searcher = Searcher(embedpipe.load(job["spec"]).dag)
+    return {"bytes": index_bytes(searcher), "columns": column_bytes(searcher.tbl.to_lance())}
+
+
+JOBS = {
+    "prepare": job_prepare,
+    "build": job_build,
+    "index": job_index,
+    "search": job_search,
+    "bytes": job_bytes,
+}
 
 
 class Runner:
@@ -591,7 +628,9 @@ MAIN_HEADS = [
 ]
 
 
-def target_lines(searched: list[Searched]) -> tuple[list[str], list[str]]:
+def target_lines(
+    searched: list[Searched], sizes: dict[str, dict[str, Any]]
+) -> tuple[list[str], list[str]]:
     """(ratio lines, target lines). Latency ratios compare the same queries: those float exact
     was timed on (the first --exact-queries)."""
     named = {s.config.name: s for s in searched}
@@ -623,23 +662,27 @@ def target_lines(searched: list[Searched]) -> tuple[list[str], list[str]]:
             f"{s.recall:.3f} (target ≥ {SPEED_TARGET:.0f}× at ≥ {RECALL_TARGET}: {verdict})"
         )
     fb, bb = exact.bytes, only.bytes
-    ratio = fb / bb
     cf, cb = exact.done.result["columns"], only.done.result["columns"]
     ratios.append(
-        f"bytes on disk, float table / binary-only table: {mib(fb)} / {mib(bb)} MiB = "
-        f"**{ratio:.2f}×**; the `vector` column alone / the `code` column: "
+        f"bytes on disk, float table / binary-only table, both with text and title: {mib(fb)} "
+        f"/ {mib(bb)} MiB = **{fb / bb:.2f}×**; the `vector` column alone / the `code` column: "
         f"{mib(cf['vector'])} / {mib(cb['code'])} MiB = {cf['vector'] / cb['code']:.1f}×"
     )
-    tf, tb = (sum(c.get(n, 0) for n in ("text", "title")) for c in (cf, cb))
+    tb = sum(cb.get(n, 0) for n in ("text", "title"))
+    fi, bi = sizes["float, ids"]["bytes"], named["binary only, ids"].bytes
+    ratio = fi / bi
     ratios.append(
-        f"… the tables without their `text` and `title` columns: {mib(fb - tf)} / "
-        f"{mib(bb - tb)} MiB = {(fb - tf) / (bb - tb):.1f}× (text and title are "
-        f"{mib(tb)} MiB, {tb / bb:.0%} of the binary-only table)"
+        f"bytes on disk, both tables with `store_columns: []` (no text or title: ids, "
+        f"content hashes, vectors or codes, lineage): {mib(fi)} / {mib(bi)} MiB = "
+        f"**{ratio:.1f}×** (text and title are {mib(tb)} MiB, {tb / bb:.0%} of the binary-only "
+        "table that keeps them)"
     )
     short = f"MISSED, {BYTES_TARGET / ratio:.2f}× short"
     targets.append(
-        f"bytes on disk: float table / binary-only table = {ratio:.2f}× (target ≥ "
-        f"{BYTES_TARGET:.0f}×: {'ok' if ratio >= BYTES_TARGET else short})"
+        f"bytes on disk without floats: float table / binary-only table, both without text "
+        f"(`store_columns: []`) = {ratio:.1f}× (target ≥ {BYTES_TARGET:.0f}×: "
+        f"{'ok' if ratio >= BYTES_TARGET else short}); with text and title in both: "
+        f"{fb / bb:.2f}×"
     )
     head = f"speed at recall: {'met' if met else 'MISSED'} (by any rescore factor measured)"
     return ratios, [head, *targets]
@@ -648,19 +691,22 @@ def target_lines(searched: list[Searched]) -> tuple[list[str], list[str]]:
 COLUMNS = ("vector", "code", "text", "title", "chunk_id", "doc_id", "row_hash")
 
 
-def column_rows(searched: list[Searched]) -> list[list[str]]:
+def column_rows(searched: list[Searched], sizes: dict[str, dict[str, Any]]) -> list[list[str]]:
     """Bytes on disk of each table by column (MiB); the float table before and after its ANN
     index."""
     rows, seen = [], set()
-    for s in searched:
-        key = (s.config.table, s.done.result["ann"])
+    measured = [(s.config.table, s.config.name, s.done.result) for s in searched] + [
+        (table, "", r) for table, r in sizes.items()
+    ]
+    for table, name, r in measured:
+        key = (table, r.get("ann", False))
         if key in seen:
             continue
         seen.add(key)
-        c, total = s.done.result["columns"], s.bytes
+        c, total = r["columns"], int(r["bytes"])
         data = sum(c.values())
         rest = data - sum(c.get(n, 0) for n in COLUMNS)
-        name = s.config.table + f" + {s.config.name} index" * s.done.result["ann"]
+        name = table + f" + {name} index" * r.get("ann", False)
         rows.append(
             [
                 name,
@@ -765,13 +811,14 @@ class Report:
     prep: Done
     builds: list[tuple[str, str, Done]]
     searched: list[Searched]
+    sizes: dict[str, dict[str, Any]]  # tables only measured: their bytes
     waited: float
     parent_mib: float
 
 
 def section(r: Report) -> str:
     args, p = r.args, r.prep.result
-    ratios, targets = target_lines(r.searched)
+    ratios, targets = target_lines(r.searched, r.sizes)
     ranks = [p["ranks"][str(n)] for n in (1, K, 100, DEPTH)]  # JSON keys are strings
     quick = (
         f" **Quick check** (`--rows {args.rows:,}`), not the result: that is the 1M-row run "
@@ -831,7 +878,7 @@ def section(r: Report) -> str:
         "Bytes on disk by column (MiB, Lance's data statistics; *total* is `index_bytes`, what "
         "`pipe eval` reports: the current version's data, deletion and index files):",
         "",
-        *markdown(COLUMN_HEADS, column_rows(r.searched)),
+        *markdown(COLUMN_HEADS, column_rows(r.searched, r.sizes)),
         "",
         "Builds: *build s* is the store's own time (`LanceStore.write`: row hashes, the write "
         "in one commit; `LanceStore._ann`: the ANN index), without making its input batches "
@@ -914,8 +961,12 @@ def bench(args: argparse.Namespace) -> int:
 
     # The exact and binary searches back to back (their ratios are the targets), then the ANN
     # index on the float table and its searches.
+    sizes = {}
+    for c in cfgs:
+        if not c.searched:
+            sizes[c.table] = run(f"bytes-{c.slug}", {"kind": "bytes", "spec": specs[c.name]}).result
     anns = [c for c in cfgs if "ann:" in c.index]
-    searched = [search(c, store_s[c.table]) for c in cfgs if c not in anns]
+    searched = [search(c, store_s[c.table]) for c in cfgs if c.searched and c not in anns]
     console.print(f"[bold]index[/] float: {args.ann}")
     done = run("index-float", {"kind": "index", "spec": specs[anns[0].name]}, wait=False)
     builds.append(("float", f"ANN index ({args.ann})", done))
@@ -925,14 +976,14 @@ def bench(args: argparse.Namespace) -> int:
     searched.sort(key=lambda s: order[s.config.name])
 
     report = Report(
-        args, info, (load_before, load_average()), prep, builds, searched, run.waited,
+        args, info, (load_before, load_average()), prep, builds, searched, sizes, run.waited,
         max(run.parent_kib) / 1024,
     )  # fmt: skip
     print_table(MAIN_HEADS, main_rows(searched, args.rows), f"search · {args.rows:,} rows")
-    ratios, targets = target_lines(searched)
+    ratios, targets = target_lines(searched, sizes)
     for line in [*ratios, *targets]:
         console.print(line.replace("**", ""))
-    print_table(COLUMN_HEADS, column_rows(searched), "MiB on disk by column")
+    print_table(COLUMN_HEADS, column_rows(searched, sizes), "MiB on disk by column")
     print_table(BUILD_HEADS, build_rows(builds), "builds", left=2)
     print_table(SEARCH_HEADS, search_rows(searched), "searches", left=4)
     console.print(f"load average at the start: {report.loads[0]}; at the end: {report.loads[1]}")

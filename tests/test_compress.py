@@ -170,6 +170,22 @@ def test_compress_pipeline(tmp_path: Path, corpus: Path, write_spec: Callable[..
     names = ws.connect().open_table("coded").schema.names
     assert "code" in names and "vector" not in names
     assert small.search(QUERY, 1)[0]["doc_id"] == "d1"
+    # Hamming codes are scanned in memory by default; LanceDB's flat scan ranks alike (ties
+    # may come in another order).
+    lance = embedpipe.load(spec, overrides=[*binary, "steps.index.scan=lance"])
+    by_store, by_memory = lance.search(QUERY, 10), small.search(QUERY, 10)
+    assert [h["score"] for h in by_store] == [h["score"] for h in by_memory]
+    assert {(h["chunk_id"], h["score"]) for h in by_store} == {
+        (h["chunk_id"], h["score"]) for h in by_memory
+    }
+    # Without its text: ids, codes and what the engine diffs by; hits carry text "".
+    bare = embedpipe.load(spec, overrides=[*binary, "steps.index.store_columns=[]"])
+    assert bare.run().status == "completed"
+    names = ws.connect().open_table("coded").schema.names
+    assert "text" not in names and "title" not in names
+    assert {"chunk_id", "doc_id", "content_hash", "code", "codec"} <= set(names)
+    top = bare.search(QUERY, 1)[0]
+    assert top["doc_id"] == "d1" and top["text"] == "" and top["title"] == ""
     asym = embedpipe.load(spec, overrides=[*binary, "steps.index.asymmetric=true"])
     top = asym.search(QUERY, 3)
     assert top[0]["doc_id"] == "d1" and top[0]["score"] > top[1]["score"]
@@ -192,6 +208,10 @@ def test_compress_pipeline(tmp_path: Path, corpus: Path, write_spec: Callable[..
         (["steps.index.column=vector", "steps.index.rescore=null",
           "steps.index.asymmetric=true"], "asymmetric scores a float query against codes"),
         (["steps.codes.output=codec"], "names each row's codec"),
+        (["steps.index.store_columns=[codec]"], "'codec' is always kept; columns it can keep:"),
+        (["steps.index.store_columns=[body]"], "'body' is not an input column"),
+        (["steps.index.rescore=null", "steps.index.scan=memory",
+          "steps.index.ann.type=ivf_flat"], "memory scans every row exactly"),
     ],
 )  # fmt: skip
 def test_compress_spec_errors(

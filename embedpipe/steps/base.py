@@ -116,6 +116,9 @@ class IndexTarget:
     # Score ``search`` in process with the scorer of the step that made it (``Step.
     # query_scorer``), a float query against the stored codes, instead of the store's search.
     asymmetric: bool = False
+    # Where exact search scores rows: "lance" (the store's flat scan), "memory" (the searched
+    # column held in memory, scored in process) or "auto" (memory for Hamming codes).
+    scan: str = "auto"
 
     def vector(self, name: str) -> VectorColumn:
         return next(v for v in self.vectors if v.name == name)
