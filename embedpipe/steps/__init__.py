@@ -2,6 +2,7 @@
 
 from embedpipe.results import Event, Hit, Skipped, Stats
 from embedpipe.steps.base import (
+    ADDED,
     QUERY_TIME,
     SPEED_ONLY,
     Ann,
@@ -18,6 +19,7 @@ from embedpipe.steps.base import (
 )
 
 __all__ = [
+    "ADDED",
     "QUERY_TIME",
     "SPEED_ONLY",
     "Ann",

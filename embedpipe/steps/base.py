@@ -26,6 +26,10 @@ from embedpipe.results import Event, Hit, Skipped
 # hash, so changing them re-computes nothing.
 SPEED_ONLY = {"speed_only": True}
 QUERY_TIME = {"query_time": True}
+# A field added to a step after a release, marked ``json_schema_extra=ADDED``, stays out of the
+# identity while it holds its default: caches and spec hashes made before it existed stay valid
+# (nothing is re-computed on upgrade), and setting it re-computes as any change would.
+ADDED = {"added": True}
 
 
 class StepConfig(BaseModel):
@@ -63,6 +67,9 @@ def identity(model: BaseModel) -> dict[str, Any]:
         if (name == "input" and isinstance(model, StepConfig)) or not decides_output(info):
             continue
         value = getattr(model, name)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("added") and value == info.get_default(call_default_factory=True):
+            continue
         if isinstance(value, BaseModel):
             out[name] = identity(value)
         else:

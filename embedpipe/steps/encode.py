@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedpipe import models, schemas
 from embedpipe.results import Event
 from embedpipe.steps.base import (
+    ADDED,
     QUERY_TIME,
     SPEED_ONLY,
     Link,
@@ -31,6 +34,62 @@ class Prompts(BaseModel):
         "changing it re-encodes no document).", json_schema_extra=QUERY_TIME,
     )  # fmt: skip
     document: str = Field("", description="Prefix for chunks, e.g. 'passage: '.")
+
+
+# LongEmbed's NTK factors lambda for a context s times the trained one (s = 2, 4, 8); between
+# and beyond them, interpolated / extrapolated in log2(s).
+NTK_LAMBDA = {1: 1.0, 2: 3.0, 4: 5.0, 8: 10.0}
+
+
+def ntk_factor(s: float) -> float:
+    """LongEmbed's lambda for a context ``s`` times the trained one, linear in log2(s) between
+    its points and past the last."""
+    x = [math.log2(k) for k in NTK_LAMBDA]
+    y = list(NTK_LAMBDA.values())
+    at = math.log2(max(s, 1.0))
+    if at <= x[-1]:
+        return float(np.interp(at, x, y))
+    return y[-1] + (y[-1] - y[-2]) / (x[-1] - x[-2]) * (at - x[-1])
+
+
+def auto_temperature(max_tokens: int, trained: int) -> float:
+    """``temperature: auto``: 1 up to the trained window, then 0.05 lower per doubling of the
+    window, at least 0.8 (2,048 tokens on a 512-position model: 0.9, where the issue's
+    reference sweep measured PI-2048 nDCG@10 0.218 at tau 0.9 vs 0.207 at 1.0)."""
+    if max_tokens <= trained:
+        return 1.0
+    return max(0.8, 1.0 - 0.05 * math.log2(max_tokens / trained))
+
+
+class LongContext(BaseModel):
+    """Encoding past the model's trained window (LongEmbed, TempScale; PAPERS.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    position_interpolation: Literal["none", "linear", "grouped", "recurrent"] = Field(
+        "none", description="Extend an absolute-position model's learned positions to "
+        "`max_tokens` without training: linear (PI: positions p/s, interpolated), grouped "
+        "(p // s) or recurrent (p mod the trained length), s = max_tokens / trained length.",
+    )  # fmt: skip
+    attention_scaling: bool = Field(
+        False, description="LongEmbed's inference attention scaling: each text's attention "
+        "queries times max(1, log n / log trained length), n its tokens.",
+    )  # fmt: skip
+    rope_scaling: Literal["none", "ntk"] = Field(
+        "none", description="NTK-aware base scaling for RoPE models (lambda 3 / 5 / 10 for "
+        "2 / 4 / 8 times the trained length).",
+    )  # fmt: skip
+    temperature: float | Literal["auto"] = Field(
+        1.0, description="TempScale: one attention-softmax temperature in every layer; < 1 "
+        "sharpens attention (1: off). auto: 1 up to the trained window, 0.05 lower per "
+        "doubling of max_tokens beyond it (0.9 at 2,048 tokens on a 512-position model).",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _positive(self) -> LongContext:
+        if self.temperature != "auto" and not 0 < float(self.temperature) <= 4:
+            raise ValueError(f"temperature must be in (0, 4] or auto, not {self.temperature}")
+        return self
 
 
 class EncodeConfig(StepConfig):
@@ -54,6 +113,18 @@ class EncodeConfig(StepConfig):
     device: str | None = Field(
         None, description="cpu, cuda, mps; default: the best available (speed only).",
         json_schema_extra=SPEED_ONLY,
+    )  # fmt: skip
+    long_context: LongContext = Field(
+        default_factory=LongContext, description="Encoding past the model's trained window: "
+        "position interpolation, RoPE scaling, attention temperature.",
+        json_schema_extra=ADDED,
+    )  # fmt: skip
+    pooling: Literal["model", "late_chunks"] = Field(
+        "model", description="model: each chunk encoded alone, pooled as the model does. "
+        "late_chunks: late chunking, each document encoded whole (in windows of max_tokens, "
+        "overlapping, past it) and each chunk's vector the mean of its tokens there, so "
+        "chunks carry their document's context; one row per chunk, as before.",
+        json_schema_extra=ADDED,
     )  # fmt: skip
 
 
@@ -109,16 +180,26 @@ class Encode(Step):
         ref = self.model_ref
         return {"model": f"{ref.name}@{ref.revision}"}
 
+    def requires(self) -> pa.Schema:
+        if self.config.pooling != "late_chunks":
+            return self.reads
+        # late chunking re-assembles each document from its chunks' character spans
+        extra = [schemas.CHUNKS.field(n) for n in ("doc_id", "char_start", "char_end")]
+        return pa.schema([*self.reads, *extra])
+
     def preflight(self) -> list[tuple[tuple[str, ...], str]]:
         problem = models.unavailable(self.model_ref)
-        return [(("model",), problem)] if problem else []
+        if problem:
+            return [(("model",), problem)]
+        positions, rope = _positions(self.model_ref)
+        return long_context_problems(self.config, self.model_ref.name, positions, rope)
 
     def setup(self, ctx: StepContext | None = None) -> None:
         if self._model is not None:
             return
         self._model = models.load(self.model_ref, self.config.device)
         if self.config.max_tokens:
-            self._model.max_seq_length = self.config.max_tokens
+            _apply_long_context(self._model, self.config, self.model_ref.name, self.name)
         # renamed in sentence-transformers 6; keep working with 3.x-5.x
         dim_of = getattr(self._model, "get_embedding_dimension", None)
         dim_of = dim_of or self._model.get_sentence_embedding_dimension
@@ -148,16 +229,52 @@ class Encode(Step):
         # many batches gets nearly all of that gain while memory stays bounded.
         return self.config.batch_size * 64
 
+    def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
+        if self.config.pooling != "late_chunks":
+            return super().windows(rows)
+        # Late chunking: a window holds whole documents (a chunk's vector depends on its
+        # document's other chunks), so windows still map independently, anywhere.
+        return _whole_documents(rows, self.window_rows())
+
+    def _vectors(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
+        texts = table.column("text").to_pylist()
+        titles = (
+            table.column("title").to_pylist()
+            if self.config.include_title and "title" in table.schema.names
+            else [None] * len(texts)
+        )
+        if self.config.pooling != "late_chunks":
+            texts = [f"{t}\n\n{x}" if t else x for t, x in zip(titles, texts, strict=True)]
+            return self._encode(texts, self.config.prompts.document)
+        from embedpipe.steps import longctx
+
+        docs, rows = _documents(
+            table.column("doc_id").to_pylist(),
+            texts,
+            titles,
+            table.column("char_start").to_pylist(),
+            table.column("char_end").to_pylist(),
+        )
+        window = self.config.max_tokens or int(self._model.max_seq_length)
+        found = longctx.late_chunk_many(
+            self._model,
+            docs,
+            window,
+            normalize=self.config.normalize,
+            batch_size=self.config.batch_size,
+            prompt=self.config.prompts.document or None,
+        )
+        out = np.zeros((len(texts), self._dims or 0), np.float32)
+        for vectors, indices in zip(found, rows, strict=True):
+            out[indices] = vectors
+        return out
+
     def map(self, rows: pa.Table, ctx: StepContext) -> Iterator[Event]:
         ref = self.model_ref
         dims = self._dims
         assert dims is not None, "setup() loads the model before map()"
         table = rows
-        texts = table.column("text").to_pylist()
-        if self.config.include_title and "title" in table.column_names:
-            titles = table.column("title").to_pylist()
-            texts = [f"{t}\n\n{x}" if t else x for t, x in zip(titles, texts, strict=True)]
-        vectors = self._encode(texts, self.config.prompts.document)
+        vectors = self._vectors(table)
         n = table.num_rows
         own = {f.name for f in schemas.embedding_fields(None)}
         table = table.drop_columns([c for c in table.column_names if c in own])
@@ -171,3 +288,134 @@ class Encode(Step):
         for name, column in columns.items():
             table = table.append_column(name, column)
         yield from table.to_batches()
+
+
+# -- long context -------------------------------------------------------------------------------
+def _positions(ref: models.ModelRef) -> tuple[int | None, bool]:
+    """(learned positions, uses RoPE) from a local model's config.json; (None, False) when
+    it cannot be read (a hub id: checked once the model is loaded)."""
+    if not ref.local:
+        return None, False
+    try:
+        cfg = json.loads((Path(ref.location) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None, False
+    rope = (
+        "rope_theta" in cfg
+        or bool(cfg.get("rope_scaling") or cfg.get("rope_parameters"))
+        or cfg.get("position_embedding_type") == "rotary"
+    )
+    positions = cfg.get("max_position_embeddings")
+    return (int(positions) if isinstance(positions, int) else None), rope
+
+
+def long_context_problems(
+    config: EncodeConfig, model: str, positions: int | None, rope: bool
+) -> list[tuple[tuple[str, ...], str]]:
+    """What the spec asks of the model's window that it cannot do: ``[(key path, message)]``."""
+    lc, n = config.long_context, config.max_tokens
+    pi, ntk = lc.position_interpolation != "none", lc.rope_scaling == "ntk"
+    problems: list[tuple[tuple[str, ...], str]] = []
+    if rope and pi:
+        problems.append((("long_context", "position_interpolation"), f"{model} uses rotary "
+                         "positions (RoPE): use rope_scaling: ntk instead"))  # fmt: skip
+    if ntk and not rope and positions is not None:
+        problems.append((("long_context", "rope_scaling"), f"ntk scales rotary positions; "
+                         f"{model} has {positions} learned absolute positions: use "
+                         "position_interpolation: linear | grouped | recurrent"))  # fmt: skip
+    if positions is None:
+        return problems
+    if (pi or ntk) and (n is None or n <= positions):
+        key = "position_interpolation" if pi else "rope_scaling"
+        problems.append((("long_context", key), f"extends {model} past its {positions} "
+                         f"positions, but max_tokens is {n or 'unset'}: set max_tokens above "
+                         f"{positions} (e.g. 2048) or drop it"))  # fmt: skip
+    if n is not None and n > positions and not (pi or ntk):
+        fix = "rope_scaling: ntk" if rope else "position_interpolation: linear (or grouped, "
+        fix += "" if rope else "recurrent)"
+        problems.append((("max_tokens",), f"{n} is beyond {model}'s {positions} positions; "
+                         f"extend them with long_context: {{{fix}}}, or set max_tokens ≤ "
+                         f"{positions}"))  # fmt: skip
+    return problems
+
+
+def _apply_long_context(model: Any, config: EncodeConfig, name: str, step: str) -> None:
+    """Set the model's window to ``max_tokens`` and apply the long-context options (a model
+    from a hub id is checked here, as preflight checks a local one)."""
+    from embedpipe.errors import UsageError
+    from embedpipe.steps import longctx
+
+    assert config.max_tokens is not None
+    lc, n = config.long_context, config.max_tokens
+    hf = model[0].auto_model
+    positions = getattr(hf.config, "max_position_embeddings", None)
+    problems = long_context_problems(config, name, positions, longctx.uses_rope(model))
+    if problems:
+        path, message = problems[0]
+        raise UsageError(f"steps.{step}.{'.'.join(path)}: {message}")
+    trained = positions or n
+    if lc.position_interpolation != "none":
+        longctx.extend_positions(model, n, lc.position_interpolation)
+    elif lc.rope_scaling == "ntk":
+        longctx.apply_ntk(model, ntk_factor(n / trained))
+    model.max_seq_length = n
+    tau = auto_temperature(n, trained) if lc.temperature == "auto" else float(lc.temperature)
+    if tau != 1.0:
+        longctx.set_temperature(model, tau)
+    if lc.attention_scaling:
+        longctx.attention_scaling(model, True, trained_len=trained)
+
+
+def _whole_documents(rows: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
+    """Tables of about ``size`` rows that never split a document's run of rows."""
+    pending: list[pa.Table] = []
+    n = 0
+    for batch in rows:
+        if not batch.num_rows:
+            continue
+        pending.append(pa.Table.from_batches([batch]))
+        n += batch.num_rows
+        if n < size:
+            continue
+        table = pa.concat_tables(pending)
+        docs = table.column("doc_id").to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(docs[1:] != docs[:-1]) + 1  # where a new document begins
+        cut = int(starts[-1]) if len(starts) else 0
+        if cut == 0:  # one document so far: keep gathering
+            pending, n = [table], table.num_rows
+            continue
+        yield table.slice(0, cut)
+        rest = table.slice(cut)
+        pending, n = [rest], rest.num_rows
+    if n:
+        yield pa.concat_tables(pending)
+
+
+def _documents(
+    doc_ids: list[str],
+    texts: list[str],
+    titles: list[str | None],
+    starts: list[int],
+    ends: list[int],
+) -> tuple[list[tuple[str, list[tuple[int, int]]]], list[list[int]]]:
+    """Each document re-assembled from its chunks (each chunk's text at its character span;
+    what no chunk covers becomes spaces), with its title in front as the encoder prepends it,
+    and the chunks' spans in that text; and each document's row positions."""
+    order: dict[str, list[int]] = {}
+    for i, doc in enumerate(doc_ids):
+        order.setdefault(doc, []).append(i)
+    docs, rows = [], []
+    for indices in order.values():
+        base = min(starts[i] for i in indices)
+        length = max(ends[i] for i in indices) - base
+        chars = [" "] * length
+        for i in indices:
+            a = starts[i] - base
+            chars[a : a + len(texts[i])] = texts[i]
+        title = titles[indices[0]]
+        head = f"{title}\n\n" if title else ""
+        body = "".join(chars[:length])
+        spans = [(len(head) + starts[i] - base, len(head) + ends[i] - base) for i in indices]
+        docs.append((head + body, spans))
+        rows.append(indices)
+    return docs, rows

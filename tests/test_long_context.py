@@ -1,0 +1,114 @@
+"""The encode step's long-context options (issue 16): position interpolation, TempScale, late
+chunking, and their spec errors. The model surgery itself is tested in test_longctx.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import embedpipe
+from embedpipe import dag as dag_mod
+from embedpipe.engine.cache import fingerprint
+from embedpipe.errors import SpecError
+from embedpipe.steps.encode import EncodeConfig, auto_temperature, ntk_factor
+from tests.conftest import write_jsonl
+
+WORDS = (
+    "The committee reviewed the remote control design and agreed on a rubber case. "
+    "Marketing reported that young users want a fancy look and feel. "
+    "The industrial designer proposed a curved shape with a single scroll wheel. "
+)
+LONG = [
+    {"_id": "m1", "title": "Design meeting", "text": WORDS * 12},
+    {"_id": "m2", "title": "Budget meeting", "text": "The budget is twelve euros per unit. " * 30},
+    {"_id": "m3", "title": "", "text": "A short note about batteries."},
+]
+
+SPEC = """
+name: longdoc
+workspace: ws
+steps:
+  docs: {type: ingest, source: corpus.jsonl, format: beir}
+  chunks: {type: chunk, input: docs, strategy: tokens, max_tokens: 48, overlap: 8}
+  vectors: {type: encode, input: chunks, batch_size: 8}
+  index: {type: index, input: vectors}
+"""
+
+
+@pytest.fixture
+def spec(tmp_path: Path, write_spec: Callable[..., Path]) -> Path:
+    write_jsonl(tmp_path / "corpus.jsonl", LONG)
+    return write_spec(SPEC)
+
+
+def test_new_settings_at_their_defaults_change_no_fingerprint(spec: Path) -> None:
+    plain = EncodeConfig(type="encode", input="chunks")
+    assert "long_context" not in plain.identity() and "pooling" not in plain.identity()
+    late = EncodeConfig(type="encode", input="chunks", pooling="late_chunks")
+    assert late.identity()["pooling"] == "late_chunks"
+    step = embedpipe.load(spec).dag.steps["vectors"]
+    other = embedpipe.load(spec, overrides=["steps.vectors.pooling=late_chunks"]).dag
+    assert fingerprint(step) != fingerprint(other.steps["vectors"])
+    fast = embedpipe.load(spec, overrides=["steps.vectors.batch_size=2"]).dag.steps["vectors"]
+    assert fingerprint(step) == fingerprint(fast)
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["steps.vectors.max_tokens=2048"],
+         "2048 is beyond all-MiniLM-L6-v2's 512 positions; extend them with long_context"),
+        (["steps.vectors.long_context.rope_scaling=ntk", "steps.vectors.max_tokens=2048"],
+         "ntk scales rotary positions"),
+        (["steps.vectors.long_context.position_interpolation=linear"],
+         "but max_tokens is unset: set max_tokens above 512"),
+        (["steps.vectors.long_context.temperature=0"], "temperature must be in (0, 4]"),
+    ],
+)  # fmt: skip
+def test_long_context_spec_errors(spec: Path, sets: list[str], message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        dag_mod.load(spec, overrides=sets, preflight=True)
+    rendered = info.value.render()
+    assert message in rendered and "spec.yaml:" in rendered, rendered
+
+
+def test_auto_temperature_and_ntk_rules() -> None:
+    assert auto_temperature(512, 512) == 1.0 and auto_temperature(256, 512) == 1.0
+    assert auto_temperature(2048, 512) == pytest.approx(0.9)
+    assert auto_temperature(2**20, 512) == 0.8
+    assert [ntk_factor(s) for s in (1, 2, 4, 8)] == [1.0, 3.0, 5.0, 10.0]
+    assert 3.0 < ntk_factor(3) < 5.0 and ntk_factor(16) > 10.0
+
+
+def test_late_chunks_and_position_interpolation_end_to_end(spec: Path) -> None:
+    plain = embedpipe.load(spec)
+    assert plain.run().status == "completed"
+    rows = "select chunk_id, doc_id, vector from longdoc order by chunk_id"
+    before = {r["chunk_id"]: np.asarray(r["vector"]) for r in plain.sql(rows)}
+    assert len({c.split("#")[0] for c in before}) == 3 and len(before) > 6
+
+    late = embedpipe.load(spec, overrides=["steps.vectors.pooling=late_chunks"])
+    done = late.run()
+    assert done.status == "completed", done.error
+    after = {r["chunk_id"]: np.asarray(r["vector"]) for r in late.sql(rows)}
+    assert after.keys() == before.keys()  # one row per chunk, same ids
+    for cid, v in after.items():
+        assert np.isfinite(v).all() and abs(np.linalg.norm(v) - 1) < 1e-4
+        cos = float(v @ before[cid])
+        # a chunk now carries its document's context: close to, not equal to, its own vector
+        assert 0.3 < cos < 0.9999 if cid.startswith(("m1", "m2")) else cos > 0.8, (cid, cos)
+    hits = late.search("what shape did the designer propose?", 3)
+    assert hits[0]["doc_id"] == "m1"
+
+    # Whole documents past the model's 512 positions, interpolated, with a temperature.
+    sets = ["steps.chunks.strategy=none", "steps.vectors.max_tokens=1024",
+            "steps.vectors.long_context.position_interpolation=linear",
+            "steps.vectors.long_context.temperature=auto"]  # fmt: skip
+    long = embedpipe.load(spec, overrides=sets)
+    assert long.run().status == "completed"
+    docs = long.sql("select doc_id, vector from longdoc order by doc_id")
+    assert [r["doc_id"] for r in docs] == ["m1", "m2", "m3"]
+    assert long.search("how much does a unit cost?", 1)[0]["doc_id"] == "m2"
