@@ -66,6 +66,8 @@ def test_new_settings_at_their_defaults_change_no_fingerprint(spec: Path) -> Non
         (["steps.vectors.long_context.position_interpolation=linear"],
          "but max_tokens is unset: set max_tokens above 512"),
         (["steps.vectors.long_context.temperature=0"], "temperature must be in (0, 4]"),
+        (["steps.chunks.max_tokens=400"],
+         "steps.chunks makes chunks of up to 400 tokens, but this encoder reads 256"),
     ],
 )  # fmt: skip
 def test_long_context_spec_errors(spec: Path, sets: list[str], message: str) -> None:

@@ -108,6 +108,10 @@ class Chunk(Step):
     def output_schema(self, inputs: list[Link]) -> pa.Schema:
         return schemas.CHUNKS
 
+    def token_budget(self) -> int | None:
+        """The most tokens a chunk holds (None: whole documents), for the encoder's check."""
+        return None if self.config.strategy == "none" else self.config.max_tokens
+
     def tokenizer_model(self) -> models.ModelRef:
         """The explicit tokenizer, else the model of a downstream encode step, else the default."""
         name = self.config.tokenizer

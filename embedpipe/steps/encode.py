@@ -192,7 +192,24 @@ class Encode(Step):
         if problem:
             return [(("model",), problem)]
         positions, rope = _positions(self.model_ref)
-        return long_context_problems(self.config, self.model_ref.name, positions, rope)
+        problems = long_context_problems(self.config, self.model_ref.name, positions, rope)
+        return problems + self._chunk_problems()
+
+    def _chunk_problems(self) -> list[tuple[tuple[str, ...], str]]:
+        """Chunks longer than the encoder reads would lose their tails silently (late
+        chunking reads whole documents, so any chunk size works there)."""
+        if self.config.pooling == "late_chunks":
+            return []
+        window = self.config.max_tokens or _max_seq_length(self.model_ref)
+        for up in self.upstream:
+            budget = getattr(up, "token_budget", lambda: None)()
+            if window and budget and budget > window:
+                return [(("max_tokens",), f"steps.{up.name} makes chunks of up to {budget} "
+                         f"tokens, but this encoder reads {window} ({self.model_ref.name}'s "
+                         f"window{'' if self.config.max_tokens else ' by default'}): their "
+                         f"tails would be cut; set max_tokens: {budget} here, or at most "
+                         f"{window} there")]  # fmt: skip
+        return []
 
     def setup(self, ctx: StepContext | None = None) -> None:
         if self._model is not None:
@@ -307,6 +324,19 @@ def _positions(ref: models.ModelRef) -> tuple[int | None, bool]:
     )
     positions = cfg.get("max_position_embeddings")
     return (int(positions) if isinstance(positions, int) else None), rope
+
+
+def _max_seq_length(ref: models.ModelRef) -> int | None:
+    """The tokens a local sentence-transformers model reads by default (its
+    sentence_bert_config.json), None when unknown."""
+    if not ref.local:
+        return None
+    try:
+        cfg = json.loads((Path(ref.location) / "sentence_bert_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    n = cfg.get("max_seq_length")
+    return int(n) if isinstance(n, int) else None
 
 
 def long_context_problems(
