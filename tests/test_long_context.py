@@ -114,3 +114,65 @@ def test_late_chunks_and_position_interpolation_end_to_end(spec: Path) -> None:
     docs = long.sql("select doc_id, vector from longdoc order by doc_id")
     assert [r["doc_id"] for r in docs] == ["m1", "m2", "m3"]
     assert long.search("how much does a unit cost?", 1)[0]["doc_id"] == "m2"
+
+
+POOLED = """
+name: longdoc
+workspace: ws
+steps:
+  docs: {type: ingest, source: corpus.jsonl, format: beir}
+  chunks: {type: chunk, input: docs, strategy: tokens, max_tokens: 48, overlap: 8}
+  vectors: {type: encode, input: chunks, batch_size: 8}
+  docvecs: {type: pool, input: vectors, output: documents}
+  index: {type: index, input: docvecs}
+"""
+
+
+def test_pool_documents_and_fused_document_scores(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    write_jsonl(tmp_path / "corpus.jsonl", LONG)
+    spec = write_spec(POOLED)
+    docs = embedpipe.load(spec)
+    assert docs.run().status == "completed"
+    rows = docs.sql("select chunk_id, doc_id, vector from longdoc order by doc_id")
+    assert [r["chunk_id"] for r in rows] == ["m1#doc", "m2#doc", "m3#doc"]
+    assert docs.search("how much does a unit cost?", 1)[0]["chunk_id"] == "m2#doc"
+    chunks = embedpipe.load(spec, overrides=["steps.index.input=vectors"])
+    assert chunks.run().status == "completed"  # encode is cached: the chunk vectors
+    for r in rows:
+        of = chunks.sql(f"select vector from longdoc where doc_id = '{r['doc_id']}'")
+        mean = np.mean([np.asarray(c["vector"]) for c in of], axis=0)
+        assert np.allclose(r["vector"], mean / np.linalg.norm(mean), atol=1e-5)
+
+    fused = ["steps.docvecs.output=column", "steps.docvecs.weight=0.5"]
+    both = embedpipe.load(spec, overrides=fused)
+    assert both.run().status == "completed"
+    assert "doc_vector" in both.sql("select * from longdoc limit 1")[0]
+    plain = {h["chunk_id"]: h["score"] for h in chunks.search("unit cost", 20)}
+    hits = both.search("unit cost", 5)
+    assert hits == sorted(hits, key=lambda h: h["score"], reverse=True)
+    for h in hits:
+        assert h["score"] == pytest.approx(0.5 * plain[h["chunk_id"]] + 0.5 * h["doc_score"])
+    off = embedpipe.load(spec, overrides=[*fused[:1], "steps.docvecs.weight=0"])
+    assert [h["chunk_id"] for h in off.search("unit cost", 5)] == list(plain)[:5]
+
+
+def test_late_chunks_recompute_a_document_whole(spec: Path, tmp_path: Path) -> None:
+    """A document with one chunk missing from the cache is re-encoded whole: its vectors equal
+    those of a fresh workspace, never of a document re-assembled from some chunks only."""
+    late = ["steps.vectors.pooling=late_chunks"]
+    assert embedpipe.load(spec, overrides=late).run().status == "completed"
+    changed = [*late, "steps.chunks.overlap=4"]  # m1 and m2 re-chunked from their 2nd chunk on
+    again = embedpipe.load(spec, overrides=changed)
+    done = again.run()
+    assert done.status == "completed", done.error
+    assert done.steps["vectors"].cached == 1  # m3, one chunk, unchanged
+    fresh = embedpipe.load(spec, overrides=changed, workspace=tmp_path / "fresh")
+    assert fresh.run().status == "completed"
+    rows = "select chunk_id, vector from longdoc order by chunk_id"
+    have = {r["chunk_id"]: r["vector"] for r in again.sql(rows)}
+    want = {r["chunk_id"]: r["vector"] for r in fresh.sql(rows)}
+    assert have.keys() == want.keys()
+    for cid in have:
+        assert np.allclose(have[cid], want[cid], atol=1e-5), cid

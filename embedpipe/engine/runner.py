@@ -201,6 +201,15 @@ class Runner:
         keys = pa.chunked_array(used, pa.string())
         cached = pc.is_in(keys, value_set=snap.keys)
         todo = len(keys) - (pc.sum(cached).as_py() or 0)  # input rows to compute
+        group = step.cache_whole
+        if todo and group and todo < len(keys):
+            # Rows computed together (a document's chunks under late chunking): one missing
+            # row sends its whole group to the step again.
+            groups = pa.chunked_array([b.column(group) for b in read_staged(source)])
+            missed = pc.unique(pc.filter(groups, pc.invert(cached)))
+            cached = pc.and_(cached, pc.invert(pc.is_in(groups, value_set=missed)))
+            todo = len(keys) - (pc.sum(cached).as_py() or 0)
+            keys = pc.filter(keys, cached)
         # The cached rows those keys name (all of them, in cache order).
         wanted = pc.is_in(snap.keys, value_set=keys) if len(snap.keys) else None
         del keys

@@ -256,6 +256,10 @@ class Step:
     # Columns, present in both input and output rows, that determine a row's output: the
     # engine caches outputs by them and re-runs the step only on rows it has not seen.
     cache_key: ClassVar[tuple[str, ...]] = ()
+    # A column whose rows the step computes together (e.g. doc_id: a chunk's vector depends on
+    # its document's other chunks): when one row of a group misses the cache, the engine sends
+    # the whole group to the step again. None: rows are computed alone.
+    cache_whole: str | None = None
     # Whether each output row depends on one input row only. Such a step implements ``map()``
     # over a window of rows, and an executor may run its windows anywhere, in any order.
     row_wise: ClassVar[bool] = False

@@ -156,6 +156,8 @@ class Encode(Step):
         super().__init__(name, config, base_dir=base_dir)
         self._model: Any = None
         self._dims: int | None = None
+        if self.config.pooling == "late_chunks":
+            self.cache_whole = "doc_id"  # a chunk's vector depends on its whole document
 
     @property
     def model_ref(self) -> models.ModelRef:
@@ -215,7 +217,7 @@ class Encode(Step):
         if self._model is not None:
             return
         self._model = models.load(self.model_ref, self.config.device)
-        if self.config.max_tokens:
+        if self.config.max_tokens or self.config.long_context != LongContext():
             _apply_long_context(self._model, self.config, self.model_ref.name, self.name)
         # renamed in sentence-transformers 6; keep working with 3.x-5.x
         dim_of = getattr(self._model, "get_embedding_dimension", None)
@@ -375,7 +377,6 @@ def _apply_long_context(model: Any, config: EncodeConfig, name: str, step: str) 
     from embedpipe.errors import UsageError
     from embedpipe.steps import longctx
 
-    assert config.max_tokens is not None
     lc, n = config.long_context, config.max_tokens
     hf = model[0].auto_model
     positions = getattr(hf.config, "max_position_embeddings", None)
@@ -383,13 +384,16 @@ def _apply_long_context(model: Any, config: EncodeConfig, name: str, step: str) 
     if problems:
         path, message = problems[0]
         raise UsageError(f"steps.{step}.{'.'.join(path)}: {message}")
-    trained = positions or n
-    if lc.position_interpolation != "none":
-        longctx.extend_positions(model, n, lc.position_interpolation)
-    elif lc.rope_scaling == "ntk":
-        longctx.apply_ntk(model, ntk_factor(n / trained))
-    model.max_seq_length = n
-    tau = auto_temperature(n, trained) if lc.temperature == "auto" else float(lc.temperature)
+    window = n or int(model.max_seq_length)
+    trained = positions or window
+    if n is not None:
+        if lc.position_interpolation != "none":
+            longctx.extend_positions(model, n, lc.position_interpolation)
+        elif lc.rope_scaling == "ntk":
+            longctx.apply_ntk(model, ntk_factor(n / trained))
+        model.max_seq_length = n
+    auto = lc.temperature == "auto"
+    tau = auto_temperature(window, trained) if auto else float(lc.temperature)
     if tau != 1.0:
         longctx.set_temperature(model, tau)
     if lc.attention_scaling:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from embedpipe import schemas
 from embedpipe.results import Event, Stats
 from embedpipe.steps.base import (
+    ADDED,
     QUERY_TIME,
     SPEED_ONLY,
     Ann,
@@ -101,13 +102,14 @@ class IndexConfig(StepConfig):
         "all", description="The input's other columns the table keeps: all, or a list "
         "(e.g. [] or [title] when the text lives in another store: hits then carry no "
         "text). Always kept: chunk_id, doc_id, content_hash, the vector columns and what "
-        "made them (the `codec` column of codes).",
+        "made them (the `codec` column of codes).", json_schema_extra=ADDED,
     )  # fmt: skip
     scan: Literal["auto", "lance", "memory"] = Field(
         "auto", description="Where exact search (no ANN index) compares rows. lance: "
         "LanceDB's flat scan, from disk. memory: `column` read once per table version, held "
         "in memory and scored in process (1M binary codes of 384 bits: 46 MiB, ~20 ms a "
-        "query vs ~120 ms in LanceDB). auto: memory for Hamming codes, lance otherwise "
+        "query vs ~120 ms in LanceDB). auto: memory for Hamming codes without an ANN index, "
+        "lance otherwise "
         "(query time only).", json_schema_extra=QUERY_TIME,
     )  # fmt: skip
     retain: int | None = Field(
