@@ -310,6 +310,7 @@ def test_a_briefly_held_catalog_is_waited_for(site: Path) -> None:
     assert row["status"] == "completed" and row["lance_version"] == out["lance_version"]
 
 
+@pytest.mark.slow
 def test_a_catalog_locked_mid_run_keeps_the_record_for_later(site: Path) -> None:
     edit_corpus(site)
     version = index_state(site)[0]
@@ -384,6 +385,7 @@ def test_a_full_disk_at_the_end_of_a_run_loses_no_record(indexed: Path, small_di
 # --- 5. damaged workspaces: one sentence, and the command that recovers -----------------------
 
 
+@pytest.mark.slow
 def test_a_corrupt_catalog(site: Path) -> None:
     before = index_state(site)
     catalog = site / "ws" / "catalog.duckdb"
