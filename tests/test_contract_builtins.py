@@ -102,6 +102,22 @@ class TestFittedCompressContract(StepContract):
         return _embeddings()
 
 
+class TestPoolContract(StepContract):
+    step_type = "pool"
+    config: ClassVar = {"input": "vectors"}
+
+    def sample(self) -> pa.Table:
+        return _embeddings()
+
+
+class TestFusedPoolContract(StepContract):
+    step_type = "pool"
+    config: ClassVar = {"input": "vectors", "output": "column", "weight": 0.5}
+
+    def sample(self) -> pa.Table:
+        return _embeddings()
+
+
 def test_index_writes_every_column_and_diffs_by_row_hash() -> None:
     """Unknown upstream columns pass through to the table; a second write of the same rows
     commits nothing; a changed row is the only one computed."""
