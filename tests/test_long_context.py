@@ -116,16 +116,11 @@ def test_late_chunks_and_position_interpolation_end_to_end(spec: Path) -> None:
     assert long.search("how much does a unit cost?", 1)[0]["doc_id"] == "m2"
 
 
-POOLED = """
-name: longdoc
-workspace: ws
-steps:
-  docs: {type: ingest, source: corpus.jsonl, format: beir}
-  chunks: {type: chunk, input: docs, strategy: tokens, max_tokens: 48, overlap: 8}
-  vectors: {type: encode, input: chunks, batch_size: 8}
-  docvecs: {type: pool, input: vectors, output: documents}
-  index: {type: index, input: docvecs}
-"""
+POOLED = SPEC.replace(
+    "  index: {type: index, input: vectors}",
+    "  docvecs: {type: pool, input: vectors, output: documents}\n"
+    "  index: {type: index, input: docvecs}",
+)
 
 
 def test_pool_documents_and_fused_document_scores(
