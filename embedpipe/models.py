@@ -105,7 +105,7 @@ _LOCK = threading.Lock()
 
 
 @functools.cache
-def _load(location: str, device: str | None, local_only: bool) -> Any:
+def _load(location: str, device: str | None, local_only: bool, variant: str | None) -> Any:
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
@@ -113,14 +113,16 @@ def _load(location: str, device: str | None, local_only: bool) -> Any:
     return SentenceTransformer(location, device=device, local_files_only=local_only)
 
 
-def load(ref: ModelRef, device: str | None = None) -> Any:
-    """The SentenceTransformer for ``ref``; loaded once per process and device. Offline
-    unless the user set HF_HUB_OFFLINE=0, even where Hugging Face was imported (and read
-    the variable) before the defaults were applied."""
+def load(ref: ModelRef, device: str | None = None, variant: str | None = None) -> Any:
+    """The SentenceTransformer for ``ref``; loaded once per process, device and ``variant``.
+    A caller that changes the model (its window, positions, attention) names what it changes
+    as ``variant`` and gets an instance of its own: the shared plain one is never changed.
+    Offline unless the user set HF_HUB_OFFLINE=0, even where Hugging Face was imported (and
+    read the variable) before the defaults were applied."""
     _env.apply()
     with _LOCK:
         try:
-            return _load(ref.location, device, not downloads_allowed())
+            return _load(ref.location, device, not downloads_allowed(), variant)
         except OSError as exc:
             raise LookupError(
                 f"cannot load model '{ref.name}': {exc}. Give a local sentence-transformers "

@@ -355,7 +355,7 @@ def test_models_load_with_local_files_only_unless_downloads_are_allowed(
 ) -> None:
     """Hugging Face reads HF_HUB_OFFLINE once, when imported: a program that imported it
     before the defaults were applied still loads models from local files only."""
-    monkeypatch.setattr(models, "_load", lambda location, device, local_only: local_only)
+    monkeypatch.setattr(models, "_load", lambda location, device, local_only, variant: local_only)
     monkeypatch.setattr(models, "_tokenizer", lambda location, local_only: local_only)
     ref = models.ModelRef("m", "some/hub-id", "r", None, False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

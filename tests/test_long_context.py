@@ -90,6 +90,7 @@ def test_late_chunks_and_position_interpolation_end_to_end(spec: Path) -> None:
     assert plain.run().status == "completed"
     rows = "select chunk_id, doc_id, vector from longdoc order by chunk_id"
     before = {r["chunk_id"]: np.asarray(r["vector"]) for r in plain.sql(rows)}
+    plain_hits = plain.search("what shape did the designer propose?", 3)
     assert len({c.split("#")[0] for c in before}) == 3 and len(before) > 6
 
     late = embedpipe.load(spec, overrides=["steps.vectors.pooling=late_chunks"])
@@ -114,6 +115,11 @@ def test_late_chunks_and_position_interpolation_end_to_end(spec: Path) -> None:
     docs = long.sql("select doc_id, vector from longdoc order by doc_id")
     assert [r["doc_id"] for r in docs] == ["m1", "m2", "m3"]
     assert long.search("how much does a unit cost?", 1)[0]["doc_id"] == "m2"
+    # The changed models were instances of their own: the plain model this process shares is
+    # as it was (the same query scores the same against the plain vectors).
+    assert plain.run().status == "completed"
+    again = embedpipe.load(spec).search("what shape did the designer propose?", 3)
+    assert [h["score"] for h in again] == pytest.approx([h["score"] for h in plain_hits], abs=1e-6)
 
 
 POOLED = SPEC.replace(

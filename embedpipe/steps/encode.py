@@ -216,8 +216,16 @@ class Encode(Step):
     def setup(self, ctx: StepContext | None = None) -> None:
         if self._model is not None:
             return
-        self._model = models.load(self.model_ref, self.config.device)
-        if self.config.max_tokens or self.config.long_context != LongContext():
+        changed = self.config.max_tokens or self.config.long_context != LongContext()
+        # A model with another window or attention is an instance of its own (per setting):
+        # the shared plain one, which other steps and specs in this process use, stays as is.
+        variant = None
+        if changed:
+            variant = json.dumps(
+                [self.config.max_tokens, self.config.long_context.model_dump(mode="json")]
+            )
+        self._model = models.load(self.model_ref, self.config.device, variant)
+        if changed:
             _apply_long_context(self._model, self.config, self.model_ref.name, self.name)
         # renamed in sentence-transformers 6; keep working with 3.x-5.x
         dim_of = getattr(self._model, "get_embedding_dimension", None)
