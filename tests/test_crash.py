@@ -399,6 +399,7 @@ def test_killed_during_index_write_keeps_the_previous_version(baseline: Path) ->
     assert pipe_sql(baseline, dupes) == [{"dupes": 0, "n": len(live)}]
 
 
+@pytest.mark.slow
 def test_killed_right_after_the_commit_is_finished_by_the_next_run(baseline: Path) -> None:
     """Edits and a new model (the same weights under another name), killed just after Lance
     committed them: the new version is live and wholly the new model's."""
@@ -438,6 +439,7 @@ def test_killed_right_after_the_commit_is_finished_by_the_next_run(baseline: Pat
     }
 
 
+@pytest.mark.slow
 def test_killed_while_writing_a_new_tables_first_version(baseline: Path) -> None:
     """No crash point covers this: Lance has started writing a table's first version (its
     folder exists) but not committed it. The kill comes the moment the table's folder appears

@@ -96,6 +96,7 @@ def edit_corpus(root: Path) -> None:
 # --- 1. the tool owns only what it created in a workspace -----------------------------------
 
 
+@pytest.mark.slow
 def test_user_files_in_a_shared_workspace_survive_runs(tmp_path: Path) -> None:
     """Workspace `.` beside the sources: the user's own `staging/` folder (and everything else
     of theirs) is left alone; only the run's marked staging folders are the tool's."""
