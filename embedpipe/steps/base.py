@@ -408,3 +408,29 @@ def rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
             n = rest
     if n:
         yield pa.Table.from_batches(pending)
+
+
+def rebatch_documents(rows: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
+    """Tables of about ``size`` rows that never split a document's run of rows (rows of a
+    ``doc_id`` arrive together, as a chunk step writes them)."""
+    pending: list[pa.Table] = []
+    n = 0
+    for batch in rows:
+        if not batch.num_rows:
+            continue
+        pending.append(pa.Table.from_batches([batch]))
+        n += batch.num_rows
+        if n < size:
+            continue
+        table = pa.concat_tables(pending)
+        docs = table.column("doc_id").to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(docs[1:] != docs[:-1]) + 1  # where a new document begins
+        cut = int(starts[-1]) if len(starts) else 0
+        if cut == 0:  # one document so far: keep gathering
+            pending, n = [table], table.num_rows
+            continue
+        yield table.slice(0, cut)
+        rest = table.slice(cut)
+        pending, n = [rest], rest.num_rows
+    if n:
+        yield pa.concat_tables(pending)

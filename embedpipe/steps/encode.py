@@ -23,6 +23,7 @@ from embedpipe.steps.base import (
     Step,
     StepConfig,
     StepContext,
+    rebatch_documents,
 )
 
 
@@ -193,7 +194,7 @@ class Encode(Step):
         problem = models.unavailable(self.model_ref)
         if problem:
             return [(("model",), problem)]
-        positions, rope = _positions(self.model_ref)
+        positions, rope, _ = models.window(self.model_ref)
         problems = long_context_problems(self.config, self.model_ref.name, positions, rope)
         return problems + self._chunk_problems()
 
@@ -202,7 +203,7 @@ class Encode(Step):
         chunking reads whole documents, so any chunk size works there)."""
         if self.config.pooling == "late_chunks":
             return []
-        window = self.config.max_tokens or _max_seq_length(self.model_ref)
+        window = self.config.max_tokens or models.window(self.model_ref)[2]
         for up in self.upstream:
             budget = getattr(up, "token_budget", lambda: None)()
             if window and budget and budget > window:
@@ -261,7 +262,7 @@ class Encode(Step):
             return super().windows(rows)
         # Late chunking: a window holds whole documents (a chunk's vector depends on its
         # document's other chunks), so windows still map independently, anywhere.
-        return _whole_documents(rows, self.window_rows())
+        return rebatch_documents(rows, self.window_rows())
 
     def _vectors(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
         texts = table.column("text").to_pylist()
@@ -318,37 +319,6 @@ class Encode(Step):
 
 
 # -- long context -------------------------------------------------------------------------------
-def _positions(ref: models.ModelRef) -> tuple[int | None, bool]:
-    """(learned positions, uses RoPE) from a local model's config.json; (None, False) when
-    it cannot be read (a hub id: checked once the model is loaded)."""
-    if not ref.local:
-        return None, False
-    try:
-        cfg = json.loads((Path(ref.location) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None, False
-    rope = (
-        "rope_theta" in cfg
-        or bool(cfg.get("rope_scaling") or cfg.get("rope_parameters"))
-        or cfg.get("position_embedding_type") == "rotary"
-    )
-    positions = cfg.get("max_position_embeddings")
-    return (int(positions) if isinstance(positions, int) else None), rope
-
-
-def _max_seq_length(ref: models.ModelRef) -> int | None:
-    """The tokens a local sentence-transformers model reads by default (its
-    sentence_bert_config.json), None when unknown."""
-    if not ref.local:
-        return None
-    try:
-        cfg = json.loads((Path(ref.location) / "sentence_bert_config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    n = cfg.get("max_seq_length")
-    return int(n) if isinstance(n, int) else None
-
-
 def long_context_problems(
     config: EncodeConfig, model: str, positions: int | None, rope: bool
 ) -> list[tuple[tuple[str, ...], str]]:
@@ -406,31 +376,6 @@ def _apply_long_context(model: Any, config: EncodeConfig, name: str, step: str) 
         longctx.set_temperature(model, tau)
     if lc.attention_scaling:
         longctx.attention_scaling(model, True, trained_len=trained)
-
-
-def _whole_documents(rows: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
-    """Tables of about ``size`` rows that never split a document's run of rows."""
-    pending: list[pa.Table] = []
-    n = 0
-    for batch in rows:
-        if not batch.num_rows:
-            continue
-        pending.append(pa.Table.from_batches([batch]))
-        n += batch.num_rows
-        if n < size:
-            continue
-        table = pa.concat_tables(pending)
-        docs = table.column("doc_id").to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(docs[1:] != docs[:-1]) + 1  # where a new document begins
-        cut = int(starts[-1]) if len(starts) else 0
-        if cut == 0:  # one document so far: keep gathering
-            pending, n = [table], table.num_rows
-            continue
-        yield table.slice(0, cut)
-        rest = table.slice(cut)
-        pending, n = [rest], rest.num_rows
-    if n:
-        yield pa.concat_tables(pending)
 
 
 def _documents(

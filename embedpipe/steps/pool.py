@@ -20,6 +20,7 @@ from embedpipe.steps.base import (
     Step,
     StepConfig,
     StepContext,
+    rebatch_documents,
 )
 
 
@@ -106,9 +107,7 @@ class Pool(Step):
         return []
 
     def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
-        from embedpipe.steps.encode import _whole_documents
-
-        return _whole_documents(rows, 4096)
+        return rebatch_documents(rows, 4096)
 
     def map(self, rows: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
