@@ -161,6 +161,12 @@ def test_ann_index_is_built_and_searched(tmp_path: Path, write_spec) -> None:  #
     assert [i.index_type for i in db.open_table("ann").list_indices()] == ["IvfPq"]
     hits = pipe.search("glaciers", k=5)
     assert len(hits) == 5 and all("glaciers" in h["text"] for h in hits[:3])
+    # pipe eval measures the ANN index against exact search (ann_recall@10)
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"_id": "q", "text": "notes about glaciers"}])
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q\tp{i}\t1\n" for i in (1, 7)))
+    result = pipe.eval(queries, qrels)
+    assert result.ann_recall_10 is not None and 0 < result.ann_recall_10 <= 1
     version = db.open_table("ann").version
     again = pipe.run()  # nothing changed: neither the rows nor the ANN index are rewritten
     assert again.status == "completed" and again.lance_version is None

@@ -208,7 +208,7 @@ def evaluate(
             progress(1)
     scores = metrics(data.qrels, run)
     ann_recall = None
-    if searcher.column.ann is not None and searcher.scorer is None and _has_ann(searcher):
+    if searcher.column.ann is not None and searcher.held is None and _has_ann(searcher):
         texts = [data.queries[q] for q in ids]
         exact = searcher.search_many(texts, 10, exact=True, refresh=False)
         overlap = [len(set(top[q]) & {str(h.get("chunk_id")) for h in e}) / max(1, len(e))

@@ -366,7 +366,15 @@ class Searcher:
     def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
         if not len(ids):
             return []
-        rows = self._take(ids, self.columns).to_pylist()
+        table = self._take(ids, self.columns)
+        # Vector columns (read only for stages) stay arrays: one numpy row per hit, not a
+        # Python list of floats (a stage over thousands of 384-d vectors per query).
+        vectors = {c: matrix(table.column(c)) for c in table.column_names
+                   if pa.types.is_fixed_size_list(table.schema.field(c).type)}  # fmt: skip
+        rows = table.drop_columns(list(vectors)).to_pylist()
+        for name, values in vectors.items():
+            for row, value in zip(rows, values, strict=True):
+                row[name] = value
         hits = []
         for row, s in zip(rows, scores, strict=True):
             row["score"] = float(s)

@@ -57,14 +57,21 @@ class Fuse:
         vectors = np.asarray(self.encode(list(queries)), np.float32)
         out = []
         for q, found in zip(vectors, hits, strict=True):
-            for hit in found:
-                doc = np.asarray(hit.get(self.column) or (), np.float32)
-                score = float(doc @ q) if doc.shape == q.shape else 0.0
-                hit["doc_score"] = score
-                hit["score"] = (1 - self.weight) * float(hit["score"]) + self.weight * score
+            if not found:
+                out.append(found)
+                continue
+            # one matrix product per query; a hit without its document's vector scores 0
+            docs = np.zeros((len(found), len(q)), np.float32)
+            for i, hit in enumerate(found):
+                doc = hit.get(self.column)
+                if doc is not None and len(doc) == len(q):
+                    docs[i] = doc
+            doc_scores = docs @ q
+            for hit, doc_score in zip(found, doc_scores.tolist(), strict=True):
+                hit["doc_score"] = doc_score
+                hit["score"] = (1 - self.weight) * float(hit["score"]) + self.weight * doc_score
             out.append(sorted(found, key=lambda h: h["score"], reverse=True))
         return out
-
 
 class Pool(Step):
     """Document vectors: the re-normalised mean of each document's chunk vectors.
