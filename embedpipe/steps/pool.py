@@ -73,6 +73,7 @@ class Fuse:
             out.append(sorted(found, key=lambda h: h["score"], reverse=True))
         return out
 
+
 class Pool(Step):
     """Document vectors: the re-normalised mean of each document's chunk vectors.
 
