@@ -16,8 +16,10 @@ Reference points (issue 16, plain numpy, a QMSum split of 281 queries): truncate
 truncate-512 0.200, PI-2048 0.207, PI-2048 τ 0.9 0.218, PI-4096 0.232, chunk-240 + mean
 0.339, chunk-240 + max 0.547.
 
-With --write the "## Long documents (QMSum)" section of bench/RESULTS.md is rewritten and the
-plot saved as bench/img/longdoc-qmsum.png. Everything else lives under --out (removed at the
+With --write each strategy's measurement is kept in bench/results/longdoc-<dataset>.json (a
+sitting that runs some strategies keeps the others' last numbers), and the "## Long documents
+(QMSum)" section of bench/RESULTS.md and the plot bench/img/longdoc-qmsum.png are drawn from
+all of them. Everything else lives under --out (removed at the
 end unless --keep).
 """
 
@@ -36,7 +38,6 @@ from typing import Any
 
 from encode_overhead import (
     BenchError,
-    Measured,
     command_line,
     last_json,
     load_average,
@@ -76,7 +77,7 @@ class Strategy:
 
 POOLED = ["steps.index.input=docvecs"]
 FUSED = [*POOLED, "steps.docvecs.output=column"]
-WEIGHTS = tuple((f"w{w:g}", (f"steps.docvecs.weight={w}",)) for w in (0.1, 0.2, 0.3, 0.5))
+WEIGHTS = tuple((f"w{w:g}", (f"steps.docvecs.weight={w}",)) for w in (0.1, 0.2, 0.3, 0.5, 0.7))
 LATE = ["steps.vectors.pooling=late_chunks", "steps.vectors.max_tokens=512"]
 
 
@@ -215,6 +216,7 @@ def parse_args() -> argparse.Namespace:
         if not (args.data / path).is_file():
             parser.error(f"{args.data / path} not found")
     args.out = args.out.resolve()
+    args.store = BENCH / "results" / f"longdoc-{args.dataset}.json"
     return args
 
 
@@ -246,10 +248,15 @@ def job(spec: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Done:
-    strategy: Strategy
-    proc: Measured
+    """One strategy's measurement, as stored in the dataset's JSON (bench/results/)."""
+
+    name: str
+    what: str
     result: dict[str, Any]
+    peak_kib: int
     load: float
+    date: str  # UTC, when it finished
+    command: str
 
     @property
     def ndcg(self) -> float:
@@ -258,8 +265,21 @@ class Done:
     def entries(self) -> list[tuple[str, dict[str, Any]]]:
         """(name, eval) per row: the strategy, or each query-time variant of it."""
         if self.result["variants"]:
-            return [(f"{self.strategy.name} {k}", e) for k, e in self.result["variants"].items()]
-        return [(self.strategy.name, self.result["eval"])]
+            return [(f"{self.name} {k}", e) for k, e in self.result["variants"].items()]
+        return [(self.name, self.result["eval"])]
+
+
+def load_store(path: Path) -> dict[str, Done]:
+    """Every strategy measured so far (a sitting re-runs some; the section shows them all)."""
+    if not path.is_file():
+        return {}
+    return {name: Done(**d) for name, d in json.loads(path.read_text()).items()}
+
+
+def save_store(path: Path, store: dict[str, Done]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {n: d.__dict__ for n, d in store.items()}
+    path.write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
 
 
 def entries(done: list[Done]) -> list[tuple[str, float]]:
@@ -276,21 +296,22 @@ def run_one(args: argparse.Namespace, spec: Path, s: Strategy) -> Done:
                                 "qrels": str(args.qrels)}))  # fmt: skip
     load = os.getloadavg()[0]
     proc = run_measured(s.name, Path(__file__), ["--job", str(path)], folder)
-    return Done(s, proc, last_json(proc.stdout), load)
+    return Done(s.name, s.what, last_json(proc.stdout), proc.peak_kib, load,
+                f"{datetime.now(UTC):%Y-%m-%d %H:%M}", command_line(__file__))  # fmt: skip
 
 
 HEADS = ["strategy", "what", "nDCG@10", "recall@10", "recall@100", "MRR@10", "chunks",
-         "encode s", "peak RSS MiB", "load at start"]  # fmt: skip
+         "encode s", "peak RSS MiB", "load at start", "measured (UTC)"]  # fmt: skip
 
 
 def rows(done: list[Done]) -> list[list[str]]:
     out = []
     for d in done:
         for name, e in d.entries():
-            out.append([name, d.strategy.what, f"{e['ndcg@10']:.3f}",
+            out.append([name, d.what, f"{e['ndcg@10']:.3f}",
                         f"{e['recall@10']:.3f}", f"{e['recall@100']:.3f}", f"{e['mrr@10']:.3f}",
                         f"{d.result['chunks']:,}", f"{d.result['encode_s']:.0f}",
-                        f"{d.proc.peak_kib / 1024:,.0f}", f"{d.load:.2f}"])  # fmt: skip
+                        f"{d.peak_kib / 1024:,.0f}", f"{d.load:.2f}", d.date])  # fmt: skip
     return out
 
 
@@ -337,11 +358,14 @@ def section(args: argparse.Namespace, info: dict[str, str], loads: tuple[str, st
         "scores its best chunk). Encode seconds are the encode step's, from scratch; peak RSS "
         "is the whole process's (run + eval).",
         "",
-        f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Command: `{command_line(__file__)}`",
+        f"- Written: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, from {args.store.relative_to(ROOT)} "
+        "(each row was measured at its own date: a sitting runs some strategies, the others "
+        "keep their last measurement)",
+        *[f"- Command: `{c}`" for c in dict.fromkeys(d.command for d in done)],
         f"- Machine: {info['uname']}; {info['cpu']}; Python {info['python']}",
         f"- Versions: {info['versions']}",
-        f"- Load average (1, 5, 15 min) at the start: {loads[0]}; at the end: {loads[1]}",
+        f"- Load average (1, 5, 15 min) at the start of this sitting: {loads[0]}; at the end: "
+        f"{loads[1]}",
         "",
         *markdown(HEADS, rows(done), left=2),
         "",
@@ -383,34 +407,50 @@ def bench(args: argparse.Namespace) -> int:
         kept = [r for r in rest if r.split("\t")[1] in ids]
         args.qrels.write_text("\n".join([head, *kept]) + "\n")
     spec.write_text(SPEC.format(corpus=corpus))
-    done: list[Done] = []
+    store = {} if args.docs else load_store(args.store)
+    order = [s.name for s in args.set.strategies]
+
+    def shown() -> list[Done]:  # the set's strategies in their order, then the sweep's
+        return sorted(store.values(), key=lambda d: (order.index(d.name) if d.name in order
+                                                     else len(order), d.name))  # fmt: skip
+
+    def sweep_of() -> list[tuple[float, Done]]:
+        taus = {1.0: store.get("pi-2048"), 0.9: store.get("pi-2048-auto")}  # auto: τ 0.9 at 2k
+        taus |= {float(n.removeprefix("pi-2048-tau")): d for n, d in store.items()
+                 if n.startswith("pi-2048-tau")}  # fmt: skip
+        found = sorted((t, d) for t, d in taus.items() if d is not None)
+        return found if len(found) > 2 else []
+
+    def keep(d: Done) -> None:
+        store[d.name] = d
+        if args.write:  # after each strategy: a cut-short sitting still leaves its numbers
+            save_store(args.store, store)
+            now = (before, load_average())
+            table = [x for x in shown() if not x.name.startswith("pi-2048-tau")]
+            write_section(RESULTS, section(args, info, now, table, sweep_of()), args.set.section)
+
     for s in args.strategies:
         print(f"{s.name}: {s.what}", flush=True)
         d = run_one(args, spec, s)
         e = d.result["eval"]
         print(f"  nDCG@10 {e['ndcg@10']:.4f}, recall@100 {e['recall@100']:.3f}, "
               f"{d.result['chunks']:,} chunks, encode {d.result['encode_s']:.0f} s, "
-              f"peak RSS {d.proc.peak_kib / 1024:,.0f} MiB", flush=True)  # fmt: skip
-        done.append(d)
-        if args.write:  # after each strategy: a cut-short sitting still leaves its numbers
-            now = (before, load_average())
-            write_section(RESULTS, section(args, info, now, done, []), args.set.section)
-    sweep: list[tuple[float, Done]] = []
-    known = {tuple(d.strategy.sets): d for d in done}
+              f"peak RSS {d.peak_kib / 1024:,.0f} MiB", flush=True)  # fmt: skip
+        keep(d)
     for tau in args.taus:
         s = Strategy(f"pi-2048-tau{tau:g}", f"PI to 2,048, τ {tau:g}", pi(2048, tau=tau))
-        d = known.get(tuple(s.sets)) or run_one(args, spec, s)
+        if tau == 1.0 and "pi-2048" in store:  # the same keys as pi-2048
+            continue
+        d = run_one(args, spec, s)
         print(f"  τ {tau:g}: nDCG@10 {d.ndcg:.4f}", flush=True)
-        sweep.append((tau, d))
-    auto = next((d for d in done if d.strategy.name == "pi-2048-auto"), None)
-    if sweep and auto is not None and 0.9 not in args.taus:
-        sweep = sorted([*sweep, (0.9, auto)], key=lambda p: p[0])  # auto is τ 0.9 at 2,048
+        keep(d)
     loads = (before, load_average())
-    print_table(HEADS, rows(done), args.set.section.removeprefix("## "), left=2)
+    table = [x for x in shown() if not x.name.startswith("pi-2048-tau")]
+    print_table(HEADS, rows(table), args.set.section.removeprefix("## "), left=2)
     if args.write:
-        plot(done, sweep, args.set.plot)
-        write_section(RESULTS, section(args, info, loads, done, sweep), args.set.section)
-        print(f"wrote {args.set.section!r} in {RESULTS} and {args.set.plot}")
+        plot(table, sweep_of(), args.set.plot)
+        write_section(RESULTS, section(args, info, loads, table, sweep_of()), args.set.section)
+        print(f"wrote {args.set.section!r} in {RESULTS}, {args.set.plot} and {args.store}")
     return 0
 
 
