@@ -177,3 +177,26 @@ def test_late_chunks_recompute_a_document_whole(spec: Path, tmp_path: Path) -> N
     assert have.keys() == want.keys()
     for cid in have:
         assert np.allclose(have[cid], want[cid], atol=1e-5), cid
+
+
+def test_long_inputs_are_batched_by_length(spec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sets = ["steps.chunks.strategy=none", "steps.vectors.max_tokens=1024",
+            "steps.vectors.long_context.position_interpolation=linear"]  # fmt: skip
+    step = embedpipe.load(spec, overrides=sets).dag.steps["vectors"]
+    # batch_size 8 at the model's own 256 tokens: 2,048 tokens a pass past it
+    assert [step.per_pass(n) for n in (128, 256, 512, 1024, 4096)] == [8, 8, 4, 2, 1]
+    step.setup()
+    texts = [WORDS * 12, "A short note.", WORDS * 3, "The budget is twelve euros. " * 30, "Hi."]
+    alone = np.stack([step._encode_batch([t], "", 1)[0] for t in texts])
+    passes: list[tuple[int, int]] = []
+    encode_batch = step._encode_batch
+
+    def spy(part: list[str], prompt: str, batch_size: int) -> np.ndarray:
+        passes.append((len(part), batch_size))
+        return encode_batch(part, prompt, batch_size)
+
+    monkeypatch.setattr(step, "_encode_batch", spy)
+    grouped = step._encode(texts, "")
+    # the four texts within the model's 256 tokens in one group; the one of 257-512 tokens alone
+    assert sorted(passes) == [(1, 4), (4, 8)]
+    np.testing.assert_allclose(grouped, alone, atol=2e-5)

@@ -233,10 +233,39 @@ class Encode(Step):
         dim_of = dim_of or self._model.get_sentence_embedding_dimension
         self._dims = int(dim_of())
 
+    def per_pass(self, tokens: int) -> int:
+        """Texts per forward pass for inputs of up to ``tokens``: ``batch_size`` up to the
+        tokens the model reads by default; past that, as many as hold ``batch_size`` times
+        those tokens (at least one). Activations grow with the tokens in a pass, so peak memory
+        at 8k tokens stays near what ``batch_size`` costs at the model's own length."""
+        default = models.window(self.model_ref)[2] or 512
+        size = self.config.batch_size
+        return size if tokens <= default else max(1, size * default // tokens)
+
     def _encode(self, texts: list[str], prompt: str) -> np.ndarray:
+        limit = int(self._model.max_seq_length)
+        if self.per_pass(limit) == self.config.batch_size or len(texts) <= 1:
+            return self._encode_batch(texts, prompt, self.config.batch_size)
+        # Past the model's own length: texts grouped by their token count (the model's own
+        # length, then powers of two up to max_tokens), each group run with as many texts per
+        # pass as its length allows.
+        default = models.window(self.model_ref)[2] or 512
+        ids = self._model.tokenizer(texts, truncation=True, max_length=limit,
+                                    return_attention_mask=False)["input_ids"]  # fmt: skip
+        groups: dict[int, list[int]] = {}
+        for i, tokens in enumerate(ids):
+            size = max(default, 1 << max(0, len(tokens) - 1).bit_length())
+            groups.setdefault(min(size, limit), []).append(i)
+        out = np.zeros((len(texts), self._dims or 0), np.float32)
+        for size, rows in sorted(groups.items()):
+            part = [texts[i] for i in rows]
+            out[rows] = self._encode_batch(part, prompt, self.per_pass(size))
+        return out
+
+    def _encode_batch(self, texts: list[str], prompt: str, batch_size: int) -> np.ndarray:
         out = self._model.encode(
             texts,
-            batch_size=self.config.batch_size,
+            batch_size=batch_size,
             normalize_embeddings=self.config.normalize,
             convert_to_numpy=True,
             show_progress_bar=False,
@@ -289,7 +318,7 @@ class Encode(Step):
             docs,
             window,
             normalize=self.config.normalize,
-            batch_size=self.config.batch_size,
+            batch_size=self.per_pass(window),
             prompt=self.config.prompts.document or None,
         )
         out = np.zeros((len(texts), self._dims or 0), np.float32)
