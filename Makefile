@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-slow lint format bench bench-incremental bench-scale bench-search bench-sweep clean
+.PHONY: help venv demo test test-slow lint format bench bench-incremental bench-scale bench-search bench-sweep bench-longdoc clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -53,6 +53,10 @@ bench-scale: $(STAMP) ## Benchmarks: engine peak RSS and wall time, SciFact x1 v
 
 bench-search: $(STAMP) ## Benchmarks: float exact vs binary + rescore vs ANN search, 1M vectors (~20 min)
 	$(BIN)/python bench/search.py --write
+
+bench-longdoc: $(STAMP) ## Benchmarks: long-document strategies on QMSum (~2 h) and long-context memory
+	$(BIN)/python bench/longdoc.py --write
+	$(BIN)/python bench/long_memory.py --write
 
 bench-sweep: $(STAMP) ## Benchmarks: pipe eval --sweep on SciFact, ratios to float and a Pareto plot
 	$(BIN)/python bench/sweep.py --write
