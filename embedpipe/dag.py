@@ -136,6 +136,7 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
         if target is not None:
             targets[name] = target
     _check_tables(spec, steps, targets, issues)
+    _check_stages(spec, steps, targets, written, issues)
     if issues:
         raise SpecError(issues)
     return Dag(spec, steps, order, written, targets)
@@ -178,6 +179,30 @@ def _check_tables(
         eg = "" if low in owner else f", e.g. {table}_index"
         fix = f"set `table:`{on} to another name{eg}"
         issues.append(spec.issue(where, f"{dotted(where)}: {came}{why}; {fix}"))
+
+
+def _check_stages(
+    spec: Spec,
+    steps: dict[str, Step],
+    targets: dict[str, IndexTarget],
+    written: dict[str, pa.Schema],
+    issues: list[SpecIssue],
+) -> None:
+    """Every column a query stage reads from hits must be in the table it searches: a stage of
+    a step upstream or downstream of an index step reads that step's table."""
+    for name in targets:
+        kept = set(written[name].names)
+        related = [steps[name], *steps[name].reachable("upstream")]
+        related += steps[name].reachable("downstream")
+        for step in related:
+            for stage in step.query_stages():
+                for column in [c for c in stage.columns if c not in kept]:
+                    where = ("steps", name)
+                    issues.append(spec.issue(where, (
+                        f"{dotted(where)}: query stage '{stage.name}' of step '{step.name}' "
+                        f"reads column '{column}' from the hits, but the table step '{name}' "
+                        f"writes does not keep it (it keeps: {', '.join(sorted(kept))}); keep "
+                        f"'{column}' in the table or drop the stage")))  # fmt: skip
 
 
 def _mismatch(link: Link, upstream: Step, step: Step, required: pa.Schema | None) -> str | None:

@@ -157,6 +157,10 @@ def test_pool_documents_and_fused_document_scores(
         assert h["score"] == pytest.approx(0.5 * plain[h["chunk_id"]] + 0.5 * h["doc_score"])
     off = embedpipe.load(spec, overrides=[*fused[:1], "steps.docvecs.weight=0"])
     assert [h["chunk_id"] for h in off.search("unit cost", 5)] == list(plain)[:5]
+    # a table that drops the document vector the fusion stage reads is a spec error
+    with pytest.raises(SpecError, match=r"steps\.index: query stage 'fuse_document' of step "
+                       r"'docvecs' reads column 'doc_vector'.*does not keep it"):  # fmt: skip
+        embedpipe.load(spec, overrides=[*fused, "steps.index.store_vectors=false"])
 
 
 def test_late_chunks_recompute_a_document_whole(spec: Path, tmp_path: Path) -> None:
