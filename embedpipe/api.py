@@ -73,16 +73,25 @@ class Pipeline:
             self._searchers[step] = Searcher(self.dag, step)
         return self._searchers[step]
 
-    def search(self, query: str, k: int = 10, *, step: str | None = None) -> list[Hit]:
-        """Top-``k`` chunks for ``query``, best first, after every query stage."""
-        return self.searcher(step).search(query, k)
+    def search(
+        self, query: str, k: int = 10, *, step: str | None = None, keep_all: bool = False
+    ) -> list[Hit]:
+        """Top-``k`` chunks for ``query``, best first, after every query stage; hits a filter
+        step does not keep are dropped unless ``keep_all`` (then they carry ``kept: False``)."""
+        return self.searcher(step).search(query, k, keep_all=keep_all)
 
     def search_many(
-        self, queries: Sequence[str], k: int = 10, *, step: str | None = None, batch: int = 64
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        step: str | None = None,
+        batch: int = 64,
+        keep_all: bool = False,
     ) -> list[list[Hit]]:
         """Top-``k`` chunks for each query; the table is opened once, queries encoded in
         batches."""
-        return self.searcher(step).search_many(queries, k, batch=batch)
+        return self.searcher(step).search_many(queries, k, batch=batch, keep_all=keep_all)
 
     def eval(
         self,

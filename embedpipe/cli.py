@@ -224,6 +224,10 @@ def search(
     query: Annotated[str, typer.Argument(help="The query text.")],
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many hits.")] = 10,
     step: Annotated[str | None, typer.Option(help="Index step (default: the last).")] = None,
+    keep_all: Annotated[
+        bool,
+        typer.Option("--all", help="Keep the hits a filter step drops (marked kept: false)."),
+    ] = False,
     sets: SetOpt = None,
     workspace: WsOpt = None,
     as_json: JsonOpt = False,
@@ -234,7 +238,7 @@ def search(
     """
     pipeline = _pipeline(spec, sets, workspace)
     try:
-        hits = pipeline.search(query, k, step=step)
+        hits = pipeline.search(query, k, step=step, keep_all=keep_all)
     except EmbedpipeError as exc:
         raise _fail(exc) from None
     if as_json:

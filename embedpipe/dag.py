@@ -89,7 +89,7 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
     issues: list[SpecIssue] = list(spec.issues)
     steps = {n: d.cls(n, d.config, base_dir=spec.base_dir) for n, d in spec.steps.items()}
     for step in steps.values():
-        step.workspace = spec.workspace
+        step.workspace, step.spec_path = spec.workspace, spec.path
     graph: dict[str, list[str]] = {}
     for name, step in steps.items():
         graph[name] = _check_inputs(spec, name, step, steps, issues)

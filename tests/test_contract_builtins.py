@@ -118,6 +118,14 @@ class TestFusedPoolContract(StepContract):
         return _embeddings()
 
 
+class TestFilterContract(StepContract):
+    step_type = "filter"
+    config: ClassVar = {"input": "index", "method": "cosine_threshold", "threshold": 0.3}
+
+    def sample(self) -> pa.Table:
+        return _embeddings()
+
+
 def test_index_writes_every_column_and_diffs_by_row_hash() -> None:
     """Unknown upstream columns pass through to the table; a second write of the same rows
     commits nothing; a changed row is the only one computed."""

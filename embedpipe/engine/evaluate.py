@@ -196,7 +196,8 @@ def evaluate(
         start = time.perf_counter()
         depth = first
         while True:
-            hits = searcher.search_many([data.queries[qid]], depth, refresh=False)[0]
+            hits = searcher.search_many([data.queries[qid]], depth, refresh=False,
+                                        keep_all=True)[0]  # fmt: skip
             found = documents(hits, wanted)
             if len(found) >= wanted or len(hits) < depth or depth >= rows:
                 break
@@ -210,7 +211,7 @@ def evaluate(
     ann_recall = None
     if searcher.column.ann is not None and searcher.held is None and _has_ann(searcher):
         texts = [data.queries[q] for q in ids]
-        exact = searcher.search_many(texts, 10, exact=True, refresh=False)
+        exact = searcher.search_many(texts, 10, exact=True, refresh=False, keep_all=True)
         overlap = [len(set(top[q]) & {str(h.get("chunk_id")) for h in e}) / max(1, len(e))
                    for q, e in zip(ids, exact, strict=True)]  # fmt: skip
         ann_recall = float(np.mean(overlap)) if overlap else None

@@ -58,8 +58,8 @@ def fit(
             rows = _CachedRows(cache)
     search = None
     try:
-        searcher = Searcher(dag)
-        search = lambda texts, k: searcher.search_many(texts, k)  # noqa: E731
+        searcher = Searcher(dag, without=step)  # the hits as they reach the step fitted
+        search = lambda texts, k: searcher.search_many(texts, k, keep_all=True)  # noqa: E731
     except (NoIndex, NotIndexed, UsageError):
         pass
     fit_id = new_run_id()

@@ -132,8 +132,10 @@ class ByMetric:
 class Searcher:
     """Searches one index step's table; built once, used for any number of queries."""
 
-    def __init__(self, dag: Dag, step: str | None = None) -> None:
-        self.dag = dag
+    def __init__(self, dag: Dag, step: str | None = None, *, without: str | None = None) -> None:
+        """``without``: a step whose query stages are left out (`pipe fit` fits that step on
+        the hits it would otherwise act on)."""
+        self.dag, self.without = dag, without
         self.step, self.target = dag.index(step)
         self.ws = Workspace(dag.spec.workspace, dag.spec.path)
         table = self.target.table
@@ -241,13 +243,14 @@ class Searcher:
         related = {self.step}
         related |= {s.name for s in self.dag.ancestors(self.step)}
         related |= {s.name for s in self.dag.descendants(self.step)}
+        related.discard(self.without or "")
         return [
             st for n in self.dag.order if n in related for st in self.dag.steps[n].query_stages()
         ]
 
-    def search(self, query: str, k: int = 10) -> list[Hit]:
+    def search(self, query: str, k: int = 10, *, keep_all: bool = False) -> list[Hit]:
         """Top-``k`` hits for ``query``, best first."""
-        return self.search_many([query], k)[0]
+        return self.search_many([query], k, keep_all=keep_all)[0]
 
     def search_many(
         self,
@@ -257,10 +260,12 @@ class Searcher:
         batch: int = 64,
         exact: bool = False,
         refresh: bool = True,
+        keep_all: bool = False,
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each query, best first; queries are encoded ``batch`` at a time.
         ``exact``: ignore the ANN index (what `pipe eval` measures its recall against);
-        ``refresh=False``: search the table version already open (timing loops)."""
+        ``refresh=False``: search the table version already open (timing loops);
+        ``keep_all``: keep the hits a stage marked ``kept: false`` (dropped otherwise)."""
         out: list[list[Hit]] = []
         if refresh:
             with self.ws.reading(self.target.table):
@@ -282,8 +287,8 @@ class Searcher:
                 hits = stage(part, hits)
             # Columns fetched only for stages are theirs; a hit keeps what they added.
             internal = set(self.columns) - {*SHOWN, self.target.key}
-            out.extend([{c: v for c, v in h.items() if c not in internal} for h in found[:k]]
-                       for found in hits)  # fmt: skip
+            out.extend([{c: v for c, v in h.items() if c not in internal} for h in found[:k]
+                        if keep_all or h.get("kept", True)] for found in hits)  # fmt: skip
         return out
 
     # Candidates are row ids and scores, best first; a hit's columns are read only for the rows

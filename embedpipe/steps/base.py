@@ -274,6 +274,7 @@ class Step:
         self.downstream: list[Step] = []
         # The pipeline's workspace, set by the DAG builder: where fitted artifacts live.
         self.workspace: Path | None = None
+        self.spec_path: Path | None = None  # the spec file, set by the DAG builder (messages)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
