@@ -146,12 +146,23 @@ class Pipeline:
         return fit(self.dag, step, queries=q, qrels=rels)
 
     def plot(self, results: Sequence[EvalResult], path: str | Path) -> Path:
-        """A PNG of ``results`` (a sweep): nDCG@10 against bytes per vector and against p50
-        latency, with their Pareto fronts."""
-        from embedpipe.engine.evaluate import plot
+        """A PNG of ``results``: for a sweep, nDCG@10 against bytes per vector and against p50
+        latency, with their Pareto fronts; for one eval of a spec with a filter step, the
+        filter's precision-recall curve against the raw score's."""
+        from embedpipe.engine.evaluate import plot, plot_filter
 
         n = results[0].queries if results else 0
-        return plot(results, Path(path), title=f"{self.name}: {n} queries")
+        title = f"{self.name}: {n} queries"
+        if len(results) == 1 and results[0].config == "spec":  # one eval: the filter's curve
+            return plot_filter(results[0], Path(path), title=title)
+        return plot(results, Path(path), title=title)
+
+    def filters(self, step: str | None = None) -> bool:
+        """Whether a step marks the hits of index ``step`` relevant (a query stage with a
+        ``threshold``: a filter step)."""
+        name, _ = self.dag.index(step)
+        related = [self.dag.steps[name], *self.dag.ancestors(name), *self.dag.descendants(name)]
+        return any(hasattr(st, "threshold") for s in related for st in s.query_stages())
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         cols, rows = self.sql_rows(query)

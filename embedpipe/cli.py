@@ -286,7 +286,12 @@ def eval_(
         bool, typer.Option("--sweep", help="Every compression setting, on this index's vectors.")
     ] = False,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="With --sweep: a PNG of quality vs cost.")
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="A PNG: with --sweep, quality vs cost; else the filter step's precision-recall "
+            "curve against the raw score's.",
+        ),
     ] = None,
     step: Annotated[str | None, typer.Option(help="Index step (default: the last).")] = None,
     sets: SetOpt = None,
@@ -300,8 +305,10 @@ def eval_(
     --qrels ../shared/data/scifact/qrels/test.tsv --sweep --plot sweep.png
     """
     pipeline = _pipeline(spec, sets, workspace)
-    if plot is not None and not sweep:
-        raise _fail(UsageError("--plot draws a sweep: add --sweep"))
+    if plot is not None and not sweep and not pipeline.filters(step):
+        from embedpipe.engine.evaluate import NO_FILTER_PLOT
+
+        raise _fail(UsageError(NO_FILTER_PLOT))
     shown = []
 
     def show(result: Any) -> None:

@@ -144,6 +144,8 @@ class EvalResult:
     seconds: float = 0.0
     eval_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # what query stages add (a filter)
+    # a filter's precision-recall curves, for `pipe eval --plot` (not part of the JSON)
+    curves: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -144,4 +144,4 @@ def test_eval_cli_refuses_plot_without_sweep(
         [PIPE, "eval", str(spec), "--queries", str(queries), "--qrels", str(qrels),
          "--plot", str(tmp_path / "x.png")], capture_output=True, text=True,
     )  # fmt: skip
-    assert proc.returncode == 2 and "--plot draws a sweep: add --sweep" in proc.stderr
+    assert proc.returncode == 2 and "no step marks this index's hits relevant" in proc.stderr

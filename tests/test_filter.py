@@ -174,6 +174,18 @@ def test_filter_end_to_end(tmp_path: Path, write_spec: Callable[..., Path]) -> N
     assert len(loose.search("vitamin and bones", 6)) == 6
     assert loose.run().steps["vectors"].computed == 0
 
+    # pipe eval adds the filter object (DESIGN.md §9) and --plot draws its PR curve.
+    png = tmp_path / "pr.png"
+    args = [PIPE, "eval", str(spec), "--queries", str(queries), "--qrels", str(qrels), "--json",
+            "--plot", str(png)]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)["filter"]
+    assert {"threshold", "precision", "recall", "f1", "pr_auc", "precision_at_recall95",
+            "baseline_threshold", "baseline_precision", "baseline_recall"} <= set(got)  # fmt: skip
+    assert got["threshold"] == pytest.approx(threshold) and got["baseline_recall"] >= got["recall"]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
     # The plain baseline needs no fit when its threshold is in the spec.
     base = embedpipe.load(spec, overrides=["steps.relevance.method=cosine_threshold",
                                            "steps.relevance.threshold=0.3"])  # fmt: skip
@@ -190,3 +202,18 @@ def test_filter_spec_errors(tmp_path: Path, write_spec: Callable[..., Path]) -> 
     with pytest.raises(SpecError, match="cosine_threshold has no family"):
         embedpipe.load(spec, overrides=["steps.relevance.method=cosine_threshold",
                                         "steps.relevance.family=sqrt"])  # fmt: skip
+
+
+def test_filter_metrics_by_hand() -> None:
+    from embedpipe.engine.evaluate import filter_metrics
+
+    # (relevant?, relevance, raw score, kept): the filter keeps the first two
+    rows = np.array([[1, 0.9, 0.5, 1], [0, 0.8, 0.7, 1], [1, 0.2, 0.6, 0], [0, 0.1, 0.4, 0]])
+    got, _ = filter_metrics(rows, 0.5)
+    assert got["precision"] == 0.5 and got["recall"] == 0.5 and got["f1"] == 0.5
+    # relevance ranks relevant, not, relevant, not: AP = (1/1 + 2/3) / 2
+    assert got["pr_auc"] == pytest.approx((1 + 2 / 3) / 2, abs=1e-6)
+    assert got["precision_at_recall95"] == pytest.approx(2 / 3, abs=1e-6)
+    # raw scores rank not, relevant, relevant, not: recall 0.5 needs the top two (0.6)
+    assert got["baseline_threshold"] == 0.6 and got["baseline_precision"] == 0.5
+    assert got["baseline_recall"] == 0.5

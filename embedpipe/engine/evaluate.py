@@ -138,6 +138,116 @@ def documents(hits: Sequence[dict[str, Any]], k: int) -> dict[str, float]:
     return dict(sorted(best.items(), key=lambda kv: kv[1], reverse=True)[:k])
 
 
+def _document_marks(
+    hits: Sequence[dict[str, Any]], found: dict[str, float]
+) -> dict[str, tuple[float, float, bool]]:
+    """(relevance, score, kept) of each document in ``found``: its best chunk's."""
+    marks: dict[str, tuple[float, float, bool]] = {}
+    for h in hits:
+        doc = str(h.get(KEY) or h.get("chunk_id"))
+        if doc in found and (doc not in marks or float(h["score"]) > marks[doc][1]):
+            marks[doc] = (float(h["relevance"]), float(h["score"]), bool(h["kept"]))
+    return marks
+
+
+def _curve(values: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and threshold at every cut of ``values`` (highest first), cutting
+    only between distinct values."""
+    order = np.argsort(-values, kind="stable")
+    v, t = values[order], y[order]
+    tp = np.cumsum(t)
+    cut = np.r_[v[1:] != v[:-1], True]
+    precision = (tp / np.arange(1, len(t) + 1))[cut]
+    recall = (tp / max(1.0, t.sum()))[cut]
+    return precision, recall, v[cut]
+
+
+def _average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """PR-AUC as average precision: precision at each cut weighted by the recall it adds."""
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def filter_metrics(
+    rows: np.ndarray, threshold: float | None
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """The `filter` object of `pipe eval` (DESIGN.md §9) over every (query, retrieved top-k
+    document) pair; ``rows`` = (relevant?, relevance, raw score, kept). Precision and recall are
+    those of the kept set among the retrieved documents; the baseline is one global raw-score
+    threshold, the highest that reaches the same recall on the same queries."""
+    y, rel, raw, kept = rows[:, 0] > 0, rows[:, 1], rows[:, 2], rows[:, 3] > 0
+    positives = max(1, int(y.sum()))
+
+    def at(mask: np.ndarray) -> tuple[float, float, float]:
+        tp = float((mask & y).sum())
+        p = tp / mask.sum() if mask.sum() else 0.0
+        r = tp / positives
+        return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+    precision, recall, f1 = at(kept)
+    p_curve, r_curve, _ = _curve(rel, y.astype(float))
+    bp_curve, br_curve, b_cut = _curve(raw, y.astype(float))
+    reach = np.flatnonzero(br_curve >= recall - 1e-12)
+    b_threshold = float(b_cut[reach[0]]) if len(reach) else float(raw.min())
+    b_precision, b_recall, _ = at(raw >= b_threshold)
+    at95 = p_curve[r_curve >= 0.95]
+    report = {
+        "threshold": None if threshold is None else round(float(threshold), 6),
+        "precision": round(precision, 6),
+        "recall": round(recall, 6),
+        "f1": round(f1, 6),
+        "pr_auc": round(_average_precision(p_curve, r_curve), 6),
+        "precision_at_recall95": round(float(at95.max()) if len(at95) else 0.0, 6),
+        "baseline_threshold": round(b_threshold, 6),
+        "baseline_precision": round(b_precision, 6),
+        "baseline_recall": round(b_recall, 6),
+        "baseline_pr_auc": round(_average_precision(bp_curve, br_curve), 6),
+        "pairs": len(y),
+        "relevant": int(y.sum()),
+    }
+    curves = {"filter": (r_curve, p_curve), "baseline": (br_curve, bp_curve),
+              "at": (recall, precision), "baseline_at": (b_recall, b_precision)}  # fmt: skip
+    return report, curves
+
+
+NO_FILTER_PLOT = (
+    "--plot without --sweep draws a filter step's precision-recall curve, and no step marks "
+    "this index's hits relevant; add --sweep for the quality/cost plot"
+)
+
+
+def plot_filter(result: EvalResult, path: Path, title: str = "") -> Path:
+    """Precision against recall of the filter's relevance and of the raw score (the baseline),
+    each point the kept set at one threshold; the filter's threshold and the baseline's at the
+    same recall marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not result.curves:
+        raise EvalError(NO_FILTER_PLOT)
+    c, report = result.curves, result.extra.get("filter", {})
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.plot(*c["filter"], label=f"filter (PR-AUC {report.get('pr_auc', 0):.3f})", color="#4C72B0")
+    ax.plot(*c["baseline"], label=f"raw score (PR-AUC {report.get('baseline_pr_auc', 0):.3f})",
+            color="#DD8452")  # fmt: skip
+    ax.scatter(*c["at"], color="#4C72B0", zorder=3, label="filter at its threshold")
+    ax.scatter(*c["baseline_at"], color="#DD8452", marker="s", zorder=3,
+               label="raw threshold, same recall")  # fmt: skip
+    ax.set_xlabel("recall (of the relevant documents retrieved)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title or "relevance filter")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # -- one evaluation -------------------------------------------------------------------------------
 @dataclass
 class EvalInput:
@@ -191,6 +301,7 @@ def evaluate(
     searcher.search_many(ids[:1] and [data.queries[ids[0]]], 1)  # load the model, open the table
     run: dict[str, dict[str, float]] = {}
     top: dict[str, list[str]] = {}
+    judged_rows: list[tuple[float, float, float, bool]] = []  # relevant?, relevance, score, kept
     latencies = []
     for qid in ids:
         start = time.perf_counter()
@@ -205,6 +316,10 @@ def evaluate(
         latencies.append((time.perf_counter() - start) * 1000)
         run[qid] = found
         top[qid] = [str(h.get("chunk_id")) for h in hits[:10]]
+        if hits and "relevance" in hits[0]:  # a filter stage marked the hits
+            relevant = {d for d, r in data.qrels.get(qid, {}).items() if r > 0}
+            marks = _document_marks(hits, found)
+            judged_rows += [(float(d in relevant), *marks[d]) for d in found]
         if progress:
             progress(1)
     scores = metrics(data.qrels, run)
@@ -232,6 +347,11 @@ def evaluate(
         seconds=round(time.perf_counter() - t0, 3),
         eval_id=f"{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
     )
+    if judged_rows:
+        threshold = next((s.threshold for s in searcher.stages if hasattr(s, "threshold")), None)
+        report, curves = filter_metrics(np.asarray(judged_rows, dtype=float), threshold)
+        result.extra["filter"] = report
+        result.curves = curves
     if record:
         _record(dag, ws, searcher, data, result)
     return result

@@ -229,6 +229,7 @@ class Relevance:
     name = "relevance"
     columns: tuple[str, ...] = ()
     depth = 1
+    threshold: float | None = None  # the threshold applied (known once calibrated)
 
     def __init__(self, step: Filter, encode: QueryEncoder | None) -> None:
         self.step, self.encode = step, encode
@@ -244,6 +245,7 @@ class Relevance:
 
     def __call__(self, queries: Sequence[str], hits: list[list[Hit]]) -> list[list[Hit]]:
         cal = self.calibration()
+        self.threshold = cal.threshold
         vectors = None
         if cal.net is not None:
             assert self.encode is not None
