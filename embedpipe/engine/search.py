@@ -318,7 +318,7 @@ class Searcher:
             self.tbl.search(vector, vector_column_name=column.name)
             .distance_type(column.metric)
             .limit(n)
-            .select([self.target.key])
+            .select([self.target.key, "_distance"])  # named: Lance warns on every query else
             .with_row_id(True)
         )
         if ann is None:
