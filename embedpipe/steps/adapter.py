@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ class Adapter:
         self.w1, self.b1 = arrays["w1"], arrays["b1"]
         self.w2, self.b2 = arrays["w2"], arrays["b2"]
         self.family = family
+        self.features = tuple(str(f) for f in arrays.get("features", ("embedding",)))
 
     @classmethod
     def load(cls, state: dict[str, np.ndarray]) -> Adapter:
@@ -42,9 +43,24 @@ class Adapter:
         return np.stack([a, out[:, 1], c], axis=1)
 
     def apply(self, query: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        a, b, c = self.params(np.asarray(query)[None, :])[0]
+        """Relevance of each of a query's hits: ``query`` its embedding, ``scores`` its hits'."""
+        if not len(scores):
+            return np.zeros(0)
+        a, b, c = self.params(inputs(self.features, query, scores)[None, :])[0]
         z = a * transform(self.family, np.asarray(scores, np.float64), c) + b
         return 1 / (1 + np.exp(-z))
+
+
+def inputs(features: Sequence[str], query: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """What the network reads for one query: its embedding and/or its top hit's score (fixed
+    per query, so the map stays monotone in each hit's own score)."""
+    parts = []
+    for name in features:
+        if name == "embedding":
+            parts.append(np.asarray(query, np.float64).reshape(-1))
+        elif name == "top_score":
+            parts.append(np.asarray([np.max(scores)], np.float64))
+    return np.concatenate(parts)
 
 
 def transform(family: str, s: np.ndarray, c: float | np.ndarray = 1.0) -> np.ndarray:
@@ -127,13 +143,16 @@ def fit(config: FilterConfig, data: TrainingData) -> tuple[dict[str, np.ndarray]
     if not len(held):
         held = train
     report: dict[str, Any] = {"train_queries": len(train), "held_out_queries": len(held)}
-    state: dict[str, np.ndarray] = {"family": np.asarray(config.family)}
+    state: dict[str, np.ndarray] = {
+        "family": np.asarray(config.family),
+        "features": np.asarray(list(config.features)),
+    }
     if config.method == "cosine_adapter":
         assert data.vectors is not None
         arrays, trained = _train(config, data, train, held)
         state |= arrays
         report |= trained
-        net = Adapter(arrays, config.family)
+        net = Adapter(state, config.family)
         rel = [net.apply(data.vectors[i], data.scores[i]) for i in held]
         default = 0.5
     else:
@@ -190,11 +209,12 @@ def _train(
 
     torch.manual_seed(config.seed)
     assert data.vectors is not None
-    dims = data.vectors.shape[1]
+    dims = len(inputs(config.features, data.vectors[0], data.scores[0]))
 
     def tensors(idx: np.ndarray) -> tuple[Any, Any, Any]:
         rows = np.concatenate([np.full(len(data.scores[i]), i) for i in idx])
-        q = torch.from_numpy(data.vectors[rows].astype(np.float32))
+        per_query = {i: inputs(config.features, data.vectors[i], data.scores[i]) for i in idx}
+        q = torch.from_numpy(np.stack([per_query[i] for i in rows]).astype(np.float32))
         s = torch.from_numpy(np.concatenate([data.scores[i] for i in idx]).astype(np.float32))
         y = torch.from_numpy(np.concatenate([data.hits[i] for i in idx]).astype(np.float32))
         return q, s, y

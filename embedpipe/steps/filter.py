@@ -75,6 +75,10 @@ class FilterConfig(StepConfig):
         100, ge=10, le=1000, description="`pipe fit`: hits per training query (the negatives "
         "are the retrieved documents its qrels do not mark).",
     )  # fmt: skip
+    features: list[Literal["embedding", "top_score"]] = Field(
+        ["embedding"], min_length=1, description="cosine_adapter: what the network reads of "
+        "a query: its embedding, and/or its top hit's score.",
+    )  # fmt: skip
     hidden: int = Field(64, ge=4, le=4096, description="cosine_adapter: hidden units.")
     holdout: float = Field(
         0.2, gt=0, lt=1, description="`pipe fit`: the share of queries held out for early "
