@@ -247,17 +247,25 @@ def search(
         print(_dump([{**{c: h[c] for c in first}, **_added(h, first)} for h in hits]))
         return
     table = Table(title=f"{pipeline.name}: {query!r}")
-    for col, justify in (("#", "right"), ("score", "right"), ("chunk", "left"), ("text", "left")):
+    marked = any("relevance" in h for h in hits)  # a filter step's calibrated score
+    cols = [("#", "right"), ("score", "right"), *([("relevance", "right")] if marked else []),
+            ("chunk", "left"), ("text", "left")]  # fmt: skip
+    for col, justify in cols:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for i, h in enumerate(hits, 1):
         text = " ".join(h["text"].split())
+        rel = [f"{h['relevance']:.3f}" + ("" if h.get("kept", True) else " (dropped)")]
         table.add_row(
             str(i),
             f"{h['score']:.3f}",
+            *(rel if marked else []),
             h["chunk_id"],
             (text[:160] + "…") if len(text) > 160 else text,
         )
     out.print(table)
+    if marked and not keep_all and len(hits) < k:
+        err.print(f"{k - len(hits)} of the top {k} hits were below the relevance threshold "
+                  "(--all shows them)")  # fmt: skip
 
 
 def _added(hit: dict[str, Any], first: tuple[str, ...]) -> dict[str, Any]:
