@@ -254,11 +254,15 @@ def search(
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for i, h in enumerate(hits, 1):
         text = " ".join(h["text"].split())
-        rel = [f"{h['relevance']:.3f}" + ("" if h.get("kept", True) else " (dropped)")]
+        rel = (
+            [f"{h['relevance']:.3f}" + ("" if h.get("kept", True) else " (dropped)")]
+            if marked
+            else []
+        )
         table.add_row(
             str(i),
             f"{h['score']:.3f}",
-            *(rel if marked else []),
+            *rel,
             h["chunk_id"],
             (text[:160] + "…") if len(text) > 160 else text,
         )
