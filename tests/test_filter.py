@@ -30,15 +30,21 @@ floats = st.floats(-1, 1, allow_nan=False, width=32)
 @settings(max_examples=60, deadline=None)
 @given(
     family=st.sampled_from(FAMILIES),
+    top=st.booleans(),
     seed=st.integers(0, 2**16),
     scores=arrays(np.float64, st.integers(2, 40), elements=floats),
 )
-def test_adapter_is_monotone_within_a_query(family: str, seed: int, scores: np.ndarray) -> None:
+def test_adapter_is_monotone_within_a_query(
+    family: str, top: bool, seed: int, scores: np.ndarray
+) -> None:
     rng = np.random.default_rng(seed)
     dims, hidden = 8, 5
+    features = ["embedding", "top_score"] if top else ["embedding"]
+    width = dims + top
     net = adapter.Adapter(
-        {"w1": rng.normal(size=(hidden, dims)), "b1": rng.normal(size=hidden),
-         "w2": rng.normal(size=(3, hidden)) * 3, "b2": rng.normal(size=3)},
+        {"w1": rng.normal(size=(hidden, width)), "b1": rng.normal(size=hidden),
+         "w2": rng.normal(size=(3, hidden)) * 3, "b2": rng.normal(size=3),
+         "features": np.asarray(features)},
         family,
     )  # fmt: skip
     query = rng.normal(size=dims)
