@@ -187,6 +187,20 @@ class Pipeline:
         self._searchers.clear()
         return rollback(self.dag, to_version, step)
 
+    def artifacts(self) -> list[dict[str, Any]]:
+        """Every fitted artifact in the workspace (codecs, adapters), newest first: its id,
+        step, version, when it was fitted, on what model, and what its fit reported."""
+        from embedpipe.artifacts import all_artifacts
+
+        out = []
+        for a in all_artifacts(self.workspace):
+            lineage = a.lineage()
+            out.append({"artifact": a.id, "step": a.step, "version": a.version,
+                        "fitted_at": lineage.get("fitted_at"), "model": lineage.get("model"),
+                        "run_id": lineage.get("run_id"), "metrics": lineage.get("metrics"),
+                        "data_hash": lineage.get("data_hash")})  # fmt: skip
+        return sorted(out, key=lambda r: str(r["fitted_at"] or ""), reverse=True)
+
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         from embedpipe.engine.query import runs
 

@@ -450,11 +450,16 @@ def runs(
     versions: Annotated[
         bool, typer.Option("--versions", help="With --json: the index versions instead.")
     ] = False,
+    artifacts: Annotated[
+        bool,
+        typer.Option("--artifacts", help="With --json: the fitted artifacts (pipe fit) instead."),
+    ] = False,
     sets: SetOpt = None,
     workspace: WsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show SPEC's run history from the catalog, newest first, and its index versions.
+    """Show SPEC's run history from the catalog, newest first, its index versions and its
+    fitted artifacts (codecs, relevance adapters).
 
     Example: pipe runs pipelines/scifact.yaml -n 5
     """
@@ -466,8 +471,9 @@ def runs(
         if not isinstance(exc, NotIndexed):
             raise _fail(exc) from None
         vers = []
+    fitted = pipeline.artifacts()
     if as_json:
-        print(_dump(vers if versions else rows))
+        print(_dump(fitted if artifacts else vers if versions else rows))
         return
     table = Table(title=f"{pipeline.name}: runs")
     for c in ("run_id", "status", "started", "seconds", "version", "spec", "note"):
@@ -503,6 +509,15 @@ def runs(
                 style="bold" if v["live"] else None,
             )
         out.print(vt)
+    if fitted:
+        at = Table(title=f"{pipeline.name}: fitted artifacts (pipe fit {spec} --step NAME)")
+        for c in ("artifact", "fitted", "model", "fit", "report"):
+            at.add_column(c, no_wrap=c != "report")
+        for a in fitted:
+            report = ", ".join(f"{k} {v}" for k, v in (a["metrics"] or {}).items())
+            at.add_row(a["artifact"], str(a["fitted_at"] or "")[:16], a["model"] or "",
+                       a["run_id"] or "", report[:80])  # fmt: skip
+        out.print(at)
 
 
 @app.command()

@@ -159,6 +159,12 @@ def test_filter_end_to_end(tmp_path: Path, write_spec: Callable[..., Path]) -> N
     lineage = json.loads(path.read_text())
     assert lineage["queries"] == 6 and lineage["positives"] == 8 and lineage["model"]
 
+    proc = subprocess.run([PIPE, "runs", str(spec), "--artifacts", "--json"],
+                          capture_output=True, text=True)  # fmt: skip
+    (listed,) = json.loads(proc.stdout)
+    assert listed["artifact"] == report["artifact"] and listed["metrics"]["threshold"] == (
+        report["threshold"])  # fmt: skip
+
     all_hits = pipe.search("vitamin and bones", 6, keep_all=True)
     assert len(all_hits) == 6
     threshold = report["threshold"]
