@@ -201,7 +201,8 @@ def parse_args() -> argparse.Namespace:
     args.split = args.split or args.set.split
     args.data = args.data or args.set.data
     names = [s.name for s in args.set.strategies]
-    wanted = args.strategies.split(",") if args.strategies else names
+    # --strategies '' runs none (only the --taus sweep)
+    wanted = [n for n in args.strategies.split(",") if n] if args.strategies is not None else names
     unknown = set(wanted) - set(names)
     if unknown:
         parser.error(f"unknown strategies {sorted(unknown)}; known: {', '.join(names)}")
