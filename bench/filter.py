@@ -108,7 +108,8 @@ def main() -> int:
             f"pairs, {f['relevant']} relevant), all-MiniLM-L6-v2 on whole abstracts, exact "
             "search. The threshold is chosen by `pipe fit` on held-out train queries for "
             "`target_recall: 0.7` (pipelines/scifact-filter.yaml); precision and recall are "
-            "those of the kept set among the relevant documents retrieved. The baseline is one global raw-cosine threshold "
+            "those of the kept set among the relevant documents retrieved. The baseline is "
+            "one global raw-cosine threshold "
             "set to reach the same recall on the same test queries (the best a raw threshold "
             "could do there, chosen on the test set itself). 'gain at R x': the same "
             "comparison at other recalls, read off both precision-recall curves.", "",
