@@ -38,9 +38,9 @@ CONFIGS = {
     "sqrt": ["steps.relevance.family=sqrt", TOP],
     "quadratic": ["steps.relevance.family=quadratic", TOP],
     "power": ["steps.relevance.family=power", TOP],
-    "linear, embedding only": ["steps.relevance.family=linear",
+    "linear (embedding only)": ["steps.relevance.family=linear",
                                "steps.relevance.features=[embedding]"],
-    "linear, top score only": ["steps.relevance.family=linear",
+    "linear (top score only)": ["steps.relevance.family=linear",
                                "steps.relevance.features=[top_score]"],
 }  # fmt: skip
 HEADS = ["setting", "threshold", "precision", "recall", "F1", "PR-AUC", "P@R95",
