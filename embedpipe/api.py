@@ -153,7 +153,7 @@ class Pipeline:
 
         n = results[0].queries if results else 0
         title = f"{self.name}: {n} queries"
-        if len(results) == 1 and results[0].config == "spec":  # one eval: the filter's curve
+        if len(results) == 1 and results[0].curves:  # one eval with a filter: its PR curve
             return plot_filter(results[0], Path(path), title=title)
         return plot(results, Path(path), title=title)
 

@@ -268,8 +268,7 @@ def search(
         )
     out.print(table)
     if marked and not keep_all and len(hits) < k:
-        err.print(f"{k - len(hits)} of the top {k} hits were below the relevance threshold "
-                  "(--all shows them)")  # fmt: skip
+        err.print("hits below the relevance threshold were dropped (--all shows them)")
 
 
 def _added(hit: dict[str, Any], first: tuple[str, ...]) -> dict[str, Any]:
@@ -360,6 +359,12 @@ def eval_(
         )  # fmt: skip
     out.print(table)
     for r in results:
+        if f := r.extra.get("filter"):
+            out.print(f"{r.config}: filter at relevance >= {f['threshold']}: precision "
+                      f"{f['precision']:.3f}, recall {f['recall']:.3f}, F1 {f['f1']:.3f}, PR-AUC "
+                      f"{f['pr_auc']:.3f}; one raw-score threshold ({f['baseline_threshold']:.3f}) "
+                      f"at that recall: precision {f['baseline_precision']:.3f}, PR-AUC "
+                      f"{f['baseline_pr_auc']:.3f}")  # fmt: skip
         if r.ann_recall_10 is not None:
             out.print(f"{r.config}: the ANN index's recall@10 against exact search: "
                       f"{r.ann_recall_10:.4f}")  # fmt: skip
@@ -471,6 +476,9 @@ def runs(
         if not isinstance(exc, NotIndexed):
             raise _fail(exc) from None
         vers = []
+    if versions and artifacts:
+        raise _fail(UsageError("--versions and --artifacts each choose what --json prints: "
+                               "give one"))  # fmt: skip
     fitted = pipeline.artifacts()
     if as_json:
         print(_dump(fitted if artifacts else vers if versions else rows))

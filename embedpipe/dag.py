@@ -190,10 +190,12 @@ def _check_stages(
 ) -> None:
     """Every column a query stage reads from hits must be in the table it searches: a stage of
     a step upstream or downstream of an index step reads that step's table."""
+    served: set[str] = set()
     for name in targets:
         kept = set(written[name].names)
         related = [steps[name], *steps[name].reachable("upstream")]
         related += steps[name].reachable("downstream")
+        served |= {s.name for s in related}
         for step in related:
             for stage in step.query_stages():
                 for column in [c for c in stage.columns if c not in kept]:
@@ -203,6 +205,13 @@ def _check_stages(
                         f"reads column '{column}' from the hits, but the table step '{name}' "
                         f"writes does not keep it (it keeps: {', '.join(sorted(kept))}); keep "
                         f"'{column}' in the table or drop the stage")))  # fmt: skip
+    for name, step in steps.items():
+        if name not in served and step.query_stages():
+            where = ("steps", name, "input")
+            issues.append(spec.issue(where, (
+                f"{dotted(where)}: step '{name}' ({step.type}) acts on searches, but no index "
+                "step reads from it or feeds it, so it would never apply; give it an index "
+                "step as input (or put it upstream of one)")))  # fmt: skip
 
 
 def _mismatch(link: Link, upstream: Step, step: Step, required: pa.Schema | None) -> str | None:

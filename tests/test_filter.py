@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import embedpipe
+from embedpipe.engine import evaluate
 from embedpipe.errors import ArtifactError, SpecError
 from embedpipe.steps import adapter
 from embedpipe.steps.filter import FilterConfig
@@ -136,7 +137,9 @@ steps:
 """
 
 
-def test_filter_end_to_end(tmp_path: Path, write_spec: Callable[..., Path]) -> None:
+def test_filter_end_to_end(
+    tmp_path: Path, write_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_jsonl(tmp_path / "corpus.jsonl", CORPUS)
     queries = write_jsonl(tmp_path / "queries.jsonl", QUERIES)
     qrels = tmp_path / "qrels.tsv"
@@ -198,6 +201,15 @@ def test_filter_end_to_end(tmp_path: Path, write_spec: Callable[..., Path]) -> N
     assert got["threshold"] == pytest.approx(threshold) and got["baseline_recall"] >= got["recall"]
     assert png.read_bytes()[:4] == b"\x89PNG"
 
+    # A query-time setting upstream changes the scores it was fitted on: it needs a new fit.
+    prompted = embedpipe.load(spec, overrides=["steps.vectors.prompts.query=query: "])
+    with pytest.raises(ArtifactError, match="pipe fit"):
+        prompted.search("vitamin and bones", 3)
+    # A sweep measures the index in scratch workspaces: the filter's stage is left out there.
+    monkeypatch.setattr(evaluate, "SWEEP", tuple(x for x in evaluate.SWEEP if x[0] == "float"))
+    (swept,) = pipe.sweep(queries, qrels, k=10)
+    assert swept.ndcg_10 > 0 and "filter" not in swept.extra
+
     # The plain baseline needs no fit when its threshold is in the spec.
     base = embedpipe.load(spec, overrides=["steps.relevance.method=cosine_threshold",
                                            "steps.relevance.threshold=0.3"])  # fmt: skip
@@ -211,6 +223,12 @@ def test_filter_spec_errors(tmp_path: Path, write_spec: Callable[..., Path]) -> 
     with pytest.raises(SpecError, match="target_precision or target_recall, not both"):
         embedpipe.load(spec, overrides=["steps.relevance.target_precision=0.5",
                                         "steps.relevance.target_recall=0.5"])  # fmt: skip
+    with pytest.raises(SpecError, match=r"steps\.relevance\.input: step 'relevance' \(filter\) "
+                       "acts on searches, but no index step"):  # fmt: skip
+        embedpipe.load(spec, overrides=["steps.relevance.input=vectors"])
+    with pytest.raises(SpecError, match="a filter writes nothing at index time"):
+        embedpipe.load(spec, overrides=["steps.index.input=relevance",
+                                        "steps.relevance.input=vectors"])  # fmt: skip
     with pytest.raises(SpecError, match="cosine_threshold has no family"):
         embedpipe.load(spec, overrides=["steps.relevance.method=cosine_threshold",
                                         "steps.relevance.family=sqrt"])  # fmt: skip
@@ -229,3 +247,26 @@ def test_filter_metrics_by_hand() -> None:
     # raw scores rank not, relevant, relevant, not: recall 0.5 needs the top two (0.6)
     assert got["baseline_threshold"] == 0.6 and got["baseline_precision"] == 0.5
     assert got["baseline_recall"] == 0.5
+
+
+def test_unreachable_precision_and_the_threshold_baseline() -> None:
+    # every query's top hit is irrelevant: precision 1 is out of reach of any threshold
+    odd = adapter.TrainingData(
+        [f"q{i}" for i in range(10)],
+        None,
+        [np.array([0.9, 0.5, 0.1])] * 10,
+        [np.array([0.0, 1, 0])] * 10,
+    )
+    hard = FilterConfig(type="filter", input="index", method="cosine_threshold",
+                        target_precision=1.0)  # fmt: skip
+    state, report = adapter.fit(hard, odd)
+    # flagged, and the cut of best precision (0.5, at 0.5) rather than one keeping nothing
+    assert report["target_met"] is False and float(state["threshold"]) == 0.5
+    assert report["precision"] == 0.5 and report["recall"] == 1.0
+    data = synthetic(60)
+    plain = FilterConfig(type="filter", input="index", method="cosine_threshold")
+    state, report = adapter.fit(plain, data)  # no target: the held-out scores' median
+    _, held = adapter.split(len(data.qids), plain.holdout, plain.seed)
+    median = np.median(np.concatenate([data.scores[i] for i in held]))
+    assert float(state["threshold"]) == pytest.approx(median) and "target_met" not in report
+    assert np.all(adapter.sigmoid(np.array([-1e4, 0.0, 1e4])) == [0.0, 0.5, 1.0])

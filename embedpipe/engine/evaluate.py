@@ -280,10 +280,12 @@ def evaluate(
     config: str = "spec",
     record: bool = True,
     progress: Callable[[int], None] | None = None,
+    without: Sequence[str] = (),
 ) -> EvalResult:
-    """Search every judged query through ``dag``'s search pipeline and measure it."""
+    """Search every judged query through ``dag``'s search pipeline and measure it (``without``:
+    steps whose query stages are left out)."""
     t0 = time.perf_counter()
-    searcher = Searcher(dag, step)
+    searcher = Searcher(dag, step, without=without)
     ws = searcher.ws
     rows, docs = _table_documents(searcher)
     judged = {d for rels in data.qrels.values() for d, r in rels.items() if r > 0}
@@ -519,7 +521,11 @@ def sweep(
         run = execute(variant, overrides=sets, console=None, progress=False)
         if run.status != "completed":
             raise EvalError(f"sweep setting {name}: its run failed: {run.error}")
-        result = evaluate(variant, data, step=index, config=name, record=False)
+        # A step with fitted query-time state (a relevance filter) has none in the scratch
+        # workspace, and the sweep measures the index: its stages are left out.
+        fitted = [n for n in variant.order if variant.steps[n].trainable
+                  and variant.steps[n].query_stages()]  # fmt: skip
+        result = evaluate(variant, data, step=index, config=name, record=False, without=fitted)
         result.lance_version = main_version  # the scratch table is gone; these are its vectors
         _record(dag, ws, Searcher(variant, index), data, result)
         results.append(result)

@@ -58,7 +58,9 @@ def fit(
             rows = _CachedRows(cache)
     search = None
     try:
-        searcher = Searcher(dag, without=step)  # the hits as they reach the step fitted
+        near = [s.name for s in (*dag.ancestors(step), *dag.descendants(step))]
+        index = next((n for n in near if n in dag.targets), None)  # the index it acts on
+        searcher = Searcher(dag, index, without=[step])  # the hits as they reach the step
         search = lambda texts, k: searcher.search_many(texts, k, keep_all=True)  # noqa: E731
     except (NoIndex, NotIndexed, UsageError):
         pass

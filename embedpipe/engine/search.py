@@ -132,10 +132,10 @@ class ByMetric:
 class Searcher:
     """Searches one index step's table; built once, used for any number of queries."""
 
-    def __init__(self, dag: Dag, step: str | None = None, *, without: str | None = None) -> None:
-        """``without``: a step whose query stages are left out (`pipe fit` fits that step on
-        the hits it would otherwise act on)."""
-        self.dag, self.without = dag, without
+    def __init__(self, dag: Dag, step: str | None = None, *, without: Sequence[str] = ()) -> None:
+        """``without``: steps whose query stages are left out (`pipe fit` fits a step on the
+        hits it would otherwise act on; a sweep's scratch workspaces hold no fitted state)."""
+        self.dag, self.without = dag, set(without)
         self.step, self.target = dag.index(step)
         self.ws = Workspace(dag.spec.workspace, dag.spec.path)
         table = self.target.table
@@ -243,7 +243,7 @@ class Searcher:
         related = {self.step}
         related |= {s.name for s in self.dag.ancestors(self.step)}
         related |= {s.name for s in self.dag.descendants(self.step)}
-        related.discard(self.without or "")
+        related -= self.without
         return [
             st for n in self.dag.order if n in related for st in self.dag.steps[n].query_stages()
         ]

@@ -48,7 +48,7 @@ class Adapter:
             return np.zeros(0)
         a, b, c = self.params(inputs(self.features, query, scores)[None, :])[0]
         z = a * transform(self.family, np.asarray(scores, np.float64), c) + b
-        return 1 / (1 + np.exp(-z))
+        return sigmoid(z)
 
 
 def inputs(features: Sequence[str], query: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -108,7 +108,14 @@ def training_data(
             "no query in --queries has a relevant document in --qrels: are they the same split?"
         )
     texts = [queries[q] for q in qids]
-    found = search(texts, depth * 3)  # chunk hits: enough for `depth` documents
+    # chunk hits, deeper for a query whose chunks fold into fewer than `depth` documents (as
+    # `pipe eval` does), so the threshold is chosen on lists as deep as those it is judged on
+    k = depth * 3
+    found = search(texts, k)
+    while short := [i for i, h in enumerate(found) if len(h) == k and _docs(h) < depth]:
+        k *= 4
+        for i, hits in zip(short, search([texts[i] for i in short], k), strict=True):
+            found[i] = hits
     scores, labels = [], []
     for qid, hits in zip(qids, found, strict=True):
         best: dict[str, float] = {}
@@ -128,6 +135,15 @@ def training_data(
         )
     vectors = np.asarray(encode(texts), np.float32) if encode is not None else None
     return TrainingData(qids, vectors, scores, labels)
+
+
+def _docs(hits: list[Hit]) -> int:
+    return len({str(h["doc_id"]) for h in hits})
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-z) without overflow for large |z|."""
+    return np.exp(-np.logaddexp(0, -z))
 
 
 def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +181,12 @@ def fit(config: FilterConfig, data: TrainingData) -> tuple[dict[str, np.ndarray]
         threshold = default
     state["threshold"] = np.asarray(threshold)
     kept = values >= threshold
-    report |= {"threshold": round(float(threshold), 6), **_rounded(pr_at(kept, labels))}
+    found = pr_at(kept, labels)
+    report |= {"threshold": round(float(threshold), 6), **_rounded(found)}
+    if config.target_precision is not None:
+        report["target_met"] = bool(found["precision"] >= config.target_precision)
+    elif config.target_recall is not None:
+        report["target_met"] = bool(found["recall"] >= config.target_recall)
     return state, report
 
 
@@ -199,7 +220,9 @@ def choose_threshold(
         ok = np.flatnonzero(last & (rec >= recall))
         return float(v[ok[0]]) if len(ok) else float(v[-1])
     ok = np.flatnonzero(last & (prec >= precision))
-    return float(v[ok[-1]]) if len(ok) else float(v[0]) + 1e-9
+    if not len(ok):  # unreachable: the cut of best precision (reported as missed)
+        ok = np.flatnonzero(last & (prec >= prec[last].max()))
+    return float(v[ok[-1]])
 
 
 def _train(
@@ -283,9 +306,11 @@ def _logistic(s: np.ndarray, y: np.ndarray, family: str) -> tuple[float, float]:
     x = np.stack([(g - mu) / sd, np.ones_like(g)], axis=1)
     w = np.zeros(2)
     for _ in range(25):
-        p = 1 / (1 + np.exp(-(x @ w)))
+        p = sigmoid(x @ w)
         grad = x.T @ (p - y)
         hess = (x.T * (p * (1 - p))) @ x + 1e-6 * np.eye(2)
         w -= np.linalg.solve(hess, grad)
-    a = w[0] / sd
-    return float(max(a, 1e-2)), float(w[1] - w[0] * mu / sd)
+    a, b = w[0] / sd, w[1] - w[0] * mu / sd
+    if a > 50:  # the start is clamped at a = 50: keep the boundary -b/a where it was
+        a, b = 50.0, b * 50 / a
+    return float(max(a, 1e-2)), float(b)

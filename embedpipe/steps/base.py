@@ -53,25 +53,28 @@ class StepConfig(BaseModel):
         return identity(self)
 
 
-def decides_output(info: Any) -> bool:
+def decides_output(info: Any, query_time: bool = False) -> bool:
     """Whether a config field (pydantic ``FieldInfo``) can change what a step writes: not
-    when it is marked speed-only or query-time."""
+    when it is marked speed-only or query-time (``query_time``: query-time fields count)."""
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    return not any(extra.get(k) for k in ("speed_only", "query_time"))
+    return not extra.get("speed_only") and (query_time or not extra.get("query_time"))
 
 
-def identity(model: BaseModel) -> dict[str, Any]:
-    """``model`` dumped as JSON without its ``input`` and speed-only fields, nested ones too."""
+def identity(model: BaseModel, *, query_time: bool = False) -> dict[str, Any]:
+    """``model`` dumped as JSON without its ``input`` and speed-only fields, nested ones too;
+    query-time fields too unless ``query_time`` (what decides a search's scores: the state a
+    filter fits on them depends on them)."""
     out: dict[str, Any] = {}
     for name, info in type(model).model_fields.items():
-        if (name == "input" and isinstance(model, StepConfig)) or not decides_output(info):
+        skip = name == "input" and isinstance(model, StepConfig)
+        if skip or not decides_output(info, query_time):
             continue
         value = getattr(model, name)
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if extra.get("added") and value == info.get_default(call_default_factory=True):
             continue
         if isinstance(value, BaseModel):
-            out[name] = identity(value)
+            out[name] = identity(value, query_time=query_time)
         else:
             out[name] = model.model_dump(mode="json", include={name})[name]
     return out
@@ -164,7 +167,10 @@ class Scorer:
 class QueryStage(Protocol):
     """A query-time stage: takes each query's hits, best first, and returns them re-ordered,
     annotated (new keys on a hit) or cut. ``columns`` are table columns it reads from hits;
-    it sees ``depth`` * k candidates per query (more, if it reorders or drops hits)."""
+    it sees ``depth`` * k candidates per query (more, if it reorders or drops hits). A stage
+    that judges relevance marks each hit ``relevance`` (float) and ``kept`` (bool): searches
+    drop hits with ``kept: False`` unless asked for all, and `pipe eval` measures the marks
+    (the stage then has a ``threshold`` attribute, the relevance it keeps from)."""
 
     name: str
     columns: tuple[str, ...]

@@ -157,6 +157,7 @@ class Encode(Step):
         super().__init__(name, config, base_dir=base_dir)
         self._model: Any = None
         self._dims: int | None = None
+        self._last_queries: tuple[tuple[str, ...], np.ndarray] | None = None
         if self.config.pooling == "late_chunks":
             self.cache_whole = "doc_id"  # a chunk's vector depends on its whole document
 
@@ -274,9 +275,17 @@ class Encode(Step):
         return np.asarray(out, dtype=np.float32)
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
-        """Query vectors from the same model, prompts and settings as the documents."""
+        """Query vectors from the same model, prompts and settings as the documents. The last
+        batch is remembered: a search's query stages (fusion, a relevance filter) ask for the
+        vectors of the queries the search has just encoded."""
         self.setup()
-        return self._encode(queries, self.config.prompts.query)
+        key = tuple(queries)
+        last = self._last_queries
+        if last is not None and last[0] == key:
+            return last[1].copy()
+        vectors = self._encode(queries, self.config.prompts.query)
+        self._last_queries = (key, vectors)
+        return vectors.copy()
 
     def query_encoder(self, column: str) -> QueryEncoder | None:
         return self.encode_queries if column == "vector" else None

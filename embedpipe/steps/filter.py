@@ -42,6 +42,7 @@ from embedpipe.steps.base import (
     Step,
     StepConfig,
     StepContext,
+    identity,
 )
 
 Family = Literal["linear", "sqrt", "quadratic", "power"]
@@ -116,6 +117,10 @@ class Filter(Step):
     def check(self, inputs: list[Link]) -> list[tuple[tuple[str, ...], str]]:
         c = self.config
         problems: list[tuple[tuple[str, ...], str]] = []
+        if self.downstream:
+            names = ", ".join(s.name for s in self.downstream)
+            problems.append((("input",), f"a filter writes nothing at index time, so step(s) "
+                             f"{names} would read no rows; read its input instead"))  # fmt: skip
         if c.target_precision is not None and c.target_recall is not None:
             problems.append((("target_recall",), "set target_precision or target_recall, not "
                              "both: the fitted threshold serves one of them"))  # fmt: skip
@@ -129,8 +134,10 @@ class Filter(Step):
 
     # -- the fitted state ---------------------------------------------------------------------
     def _made_by(self) -> list[dict[str, Any]]:
+        """What decides the scores and query vectors it is fitted on: every step upstream,
+        query-time settings included (a query prompt, rescoring, a fusion weight)."""
         return [
-            {"step": s.type, "config": s.config.identity(), **s.fingerprint()}
+            {"step": s.type, "config": identity(s.config, query_time=True), **s.fingerprint()}
             for s in self.reachable("upstream")
         ]
 
@@ -253,7 +260,8 @@ class Relevance:
         self.threshold = cal.threshold
         vectors = None
         if cal.net is not None:
-            assert self.encode is not None
+            if self.encode is None:
+                raise ArtifactError(f"step '{self.step.name}': no step upstream encodes queries")
             vectors = np.asarray(self.encode(list(queries)), np.float64)
         scores = [np.asarray([float(h["score"]) for h in found], np.float64) for found in hits]
         for found, rel in zip(hits, cal.relevance(vectors, scores), strict=True):
