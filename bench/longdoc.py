@@ -362,7 +362,10 @@ def section(args: argparse.Namespace, info: dict[str, str], loads: tuple[str, st
         f"- Written: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, from {args.store.relative_to(ROOT)} "
         "(each row was measured at its own date: a sitting runs some strategies, the others "
         "keep their last measurement)",
-        *[f"- Command: `{c}`" for c in dict.fromkeys(d.command for d in done)],
+        *[
+            f"- Command: `{c}`"
+            for c in dict.fromkeys(d.command for d in [*done, *(x for _, x in sweep)])
+        ],
         f"- Machine: {info['uname']}; {info['cpu']}; Python {info['python']}",
         f"- Versions: {info['versions']}",
         f"- Load average (1, 5, 15 min) at the start of this sitting: {loads[0]}; at the end: "
