@@ -34,7 +34,7 @@ class PoolConfig(StepConfig):
     )
     column: str = Field("doc_vector", description="The document vector's column (output: column).")
     weight: float = Field(
-        0.3, ge=0, le=1, description="The document score's share in the fused score "
+        0.2, ge=0, le=1, description="The document score's share in the fused score "
         "(output: column; query time only).", json_schema_extra=QUERY_TIME,
     )  # fmt: skip
 
@@ -82,7 +82,7 @@ class Pool(Step):
       type: pool
       input: vectors
       output: documents      # one row per document; or column: fused with chunk scores
-      weight: 0.3            # output: column, query time: the document score's share
+      weight: 0.2            # output: column, query time: the document score's share
     ```
     Windows hold whole documents (a document's chunks arrive together, as the chunk step
     writes them), so the step maps windows independently. It keeps no cache: a mean is cheap.
