@@ -154,13 +154,15 @@ class Dataset:
     plot: Path
     strategies: list[Strategy]
     corpus: str  # what the documents are, for the section's text
+    label: str = "QMSum"
+    base: str = "chunk-240-max"  # what the other strategies are compared with
 
 
 DATASETS = {
     "qmsum": Dataset(QMSUM, "dev", SECTION, PLOT, STRATEGIES, "232 meeting transcripts"),
     "scifact": Dataset(SCIFACT, "test", "## Late chunking on short documents (SciFact)",
                        BENCH / "img" / "longdoc-scifact.png", SCIFACT_STRATEGIES,
-                       "5,183 scientific abstracts"),
+                       "5,183 scientific abstracts", "SciFact", "chunk-128-max"),
 }  # fmt: skip
 
 SPEC = """\
@@ -352,7 +354,7 @@ def section(args: argparse.Namespace, info: dict[str, str], loads: tuple[str, st
         args.set.section,
         "",
         ("**Quick check** (`--docs`), not the result. " if args.docs else "")
-        + "Every document-level strategy on QMSum's "
+        + f"Every document-level strategy on {args.set.label}'s "
         f"{args.split} split ({done[0].result['eval']['queries']} queries, {args.set.corpus}), "
         "all-MiniLM-L6-v2, exact search; each strategy is one `pipe run` of the "
         "same spec with keys set, judged by `pipe eval`'s code (document level: a document "
@@ -382,10 +384,10 @@ def section(args: argparse.Namespace, info: dict[str, str], loads: tuple[str, st
         ]
     lines += [f"Not measured: {n}: {why}." for n, why in NOT_BUILT.items()]
     lines += ["", f"Best: **{best[0]}**, nDCG@10 {best[1]:.3f}.", ""]
-    base, trunc = by_name.get("chunk-240-max"), by_name.get("truncate-256")
+    base, trunc = by_name.get(args.set.base), by_name.get("truncate-256")
     if base is not None:
-        whole = ("chunk-240-max", "truncate", "pi-", "gp-", "rp-")
-        lines += [f"- {n} vs chunk-240-max: {v - base:+.3f}" for n, v in named
+        whole = (args.set.base, "truncate", "pi-", "gp-", "rp-")
+        lines += [f"- {n} vs {args.set.base}: {v - base:+.3f}" for n, v in named
                   if not n.startswith(whole)]  # fmt: skip
     if trunc is not None:
         lines += [f"- {n} vs truncate-256: {v - trunc:+.3f}" for n, v in named
