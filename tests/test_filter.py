@@ -82,10 +82,8 @@ def synthetic(n: int = 120, seed: int = 0) -> adapter.TrainingData:
     return adapter.TrainingData([f"q{i}" for i in range(n)], np.asarray(vectors), scores, hits)
 
 
-@pytest.mark.parametrize(
-    "family",
-    ["linear", *(pytest.param(f, marks=pytest.mark.slow) for f in ("power", "sqrt", "quadratic"))],
-)
+@pytest.mark.slow  # ~25 s each; the end-to-end test fits on real hits in the default run
+@pytest.mark.parametrize("family", FAMILIES)
 def test_fitting_separates_relevant_from_irrelevant(family: str) -> None:
     data = synthetic()
     config = FilterConfig(type="filter", input="index", family=family, target_precision=0.9)
