@@ -143,6 +143,11 @@ SCIFACT_STRATEGIES = [
         "late chunking: 128-token chunks pooled from the whole abstract",
         [*CHUNKS_128, *LATE],
     ),
+    Strategy(
+        "late-128-256",
+        "late chunking in 256-token windows (the model's own length), overlapping",
+        [*CHUNKS_128, "steps.vectors.pooling=late_chunks", "steps.vectors.max_tokens=256"],
+    ),
 ]
 
 
