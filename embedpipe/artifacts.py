@@ -1,7 +1,8 @@
 """Fitted state kept in the workspace: codecs, adapters, exported models.
 
 An artifact is a folder ``artifacts/<step>/<key>/v<N>/`` holding ``state.npz`` (named numpy
-arrays) and ``lineage.json`` (what it was fitted on and when). ``key`` is a digest of what
+arrays), ``lineage.json`` (what it was fitted on and when) and any files of its own (an
+exported model's). ``key`` is a digest of what
 the state depends on (the step's config and the model that made its input): a config change
 finds no artifact under its key and fits a new one; an incremental run finds the latest
 version and reuses it, never re-fitting. ``pipe fit`` adds version N+1. Versions are written
@@ -16,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,14 +84,28 @@ class Artifacts:
         found = self.versions(key)
         return found[-1] if found else None
 
-    def save(self, key: str, arrays: dict[str, np.ndarray], lineage: dict[str, Any]) -> Artifact:
-        """Write a new version under ``key`` (all or nothing) and return it."""
+    def save(
+        self,
+        key: str,
+        arrays: dict[str, np.ndarray],
+        lineage: dict[str, Any],
+        write: Callable[[Path], dict[str, Any]] | None = None,
+    ) -> Artifact:
+        """Write a new version under ``key`` (all or nothing) and return it. ``write`` puts
+        files of its own in the version's folder (an exported model) and returns what to add to
+        the lineage; when it raises, nothing is kept."""
         folder = self.root / key
         folder.mkdir(parents=True, exist_ok=True)
         latest = self.latest(key)
         version = (latest.version if latest else 0) + 1
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
         try:
+            if write is not None:
+                lineage = {**lineage, **write(tmp)}
+                for path in tmp.rglob("*"):  # durable before the rename publishes them
+                    if path.is_file():
+                        with open(path, "rb") as f:
+                            os.fsync(f.fileno())
             with open(tmp / "state.npz", "wb") as f:
                 np.savez(f, **arrays)
                 f.flush()

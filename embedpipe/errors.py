@@ -160,6 +160,11 @@ class ArtifactError(EmbedpipeError):
     """A fitted artifact (codec, adapter, exported model) is missing or unreadable."""
 
 
+class QualityGateError(ArtifactError):
+    """A built model (an int8 or exported encoder) strays from the torch model's vectors
+    beyond the configured floor; nothing was indexed with it."""
+
+
 class EvalError(EmbedpipeError):
     """`pipe eval` input (queries, qrels) is unusable; the message names the file and line."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +14,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedpipe import models, schemas
+from embedpipe.artifacts import Artifact, Artifacts, key_of
+from embedpipe.errors import ArtifactError
 from embedpipe.results import Event
+from embedpipe.steps import backends
 from embedpipe.steps.base import (
     ADDED,
     QUERY_TIME,
@@ -120,6 +124,29 @@ class EncodeConfig(StepConfig):
         "position interpolation, RoPE scaling, attention temperature.",
         json_schema_extra=ADDED,
     )  # fmt: skip
+    backend: Literal["auto", "torch", "openvino", "onnx"] = Field(
+        "torch", description="What runs the model: torch (sentence-transformers), openvino or "
+        "onnx (ONNX Runtime): the model exported once into the workspace's artifacts and "
+        "reused by later runs and by queries; auto: openvino on a CPU where it is installed, "
+        "else torch. Vectors differ a little between backends, so changing it re-encodes.",
+        json_schema_extra=ADDED,
+    )  # fmt: skip
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: quantize the exported model (openvino: NNCF post-training "
+        "quantization calibrated on the corpus; onnx: dynamic, MatMul weights per channel). "
+        "Checked against torch when built: see min_cosine.", json_schema_extra=ADDED,
+    )  # fmt: skip
+    precision: Literal["auto", "fp32"] = Field(
+        "auto", description="openvino's inference precision: auto is the CPU's default (bf16 "
+        "where the CPU has it, else fp32); fp32 always. torch and onnx run in fp32.",
+        json_schema_extra=ADDED,
+    )  # fmt: skip
+    min_cosine: float = Field(
+        0.99, ge=0, le=1, description="Quality gate of an exported model: when it is built, it "
+        "and torch encode a sample of the corpus; a mean cosine between their vectors below "
+        "this refuses the model and nothing is indexed with it (a check: changes no vector).",
+        json_schema_extra=SPEED_ONLY,
+    )  # fmt: skip
     pooling: Literal["model", "late_chunks"] = Field(
         "model", description="model: each chunk encoded alone, pooled as the model does. "
         "late_chunks: late chunking, each document encoded whole (in windows of max_tokens, "
@@ -127,6 +154,15 @@ class EncodeConfig(StepConfig):
         "chunks carry their document's context; one row per chunk, as before.",
         json_schema_extra=ADDED,
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _quantize_needs_export(self) -> EncodeConfig:
+        if self.quantize != "none" and self.backend == "torch":
+            raise ValueError(
+                f"quantize: {self.quantize} quantizes an exported model: set backend: openvino "
+                "(or onnx, or auto), or quantize: none"
+            )
+        return self
 
 
 class Encode(Step):
@@ -158,6 +194,9 @@ class Encode(Step):
         self._model: Any = None
         self._dims: int | None = None
         self._last_queries: tuple[tuple[str, ...], np.ndarray] | None = None
+        self._run: backends.Runner | None = None  # the exported model, when not on torch
+        self.export: Artifact | None = None  # its artifact
+        self._run_id = ""
         if self.config.pooling == "late_chunks":
             self.cache_whole = "doc_id"  # a chunk's vector depends on its whole document
 
@@ -182,7 +221,122 @@ class Encode(Step):
 
     def fingerprint(self) -> dict[str, str]:
         ref = self.model_ref
-        return {"model": f"{ref.name}@{ref.revision}"}
+        out = {"model": f"{ref.name}@{ref.revision}"}
+        made_by = self.made_by()
+        if made_by != "torch":  # torch's vectors keep the fingerprint they always had
+            out["backend"] = made_by
+        return out
+
+    # -- backends -----------------------------------------------------------------------------
+    def backend(self) -> str:
+        """What runs the model: ``backend``, with auto resolved (openvino on a CPU where it is
+        installed and the settings are ones an export honours, else torch)."""
+        chosen = self.config.backend
+        if chosen != "auto":
+            return chosen
+        plain = self.config.pooling == "model" and self.config.long_context == LongContext()
+        if not plain or (self.config.device or "cpu") != "cpu" or backends.missing("openvino"):
+            return "torch"
+        if self.config.device is None and _gpu():
+            return "torch"
+        return "openvino"
+
+    def made_by(self) -> str:
+        """``torch``, ``openvino/bf16``, ``onnx/int8``, ...: what makes this step's vectors."""
+        backend = self.backend()
+        if backend == "torch":
+            return "torch"
+        precision = backends.precision_of(backend, self.config.precision)
+        return backends.label(backend, precision, self.config.quantize)
+
+    def _backend_problems(self) -> list[tuple[tuple[str, ...], str]]:
+        backend = self.config.backend
+        if backend not in backends.FAST:
+            return []
+        absent = backends.missing(backend)
+        if absent:
+            return [(("backend",), absent)]
+        why = "the exported model runs the model's own positions and attention"
+        if self.config.pooling != "model":
+            return [(("pooling",), f"late chunking needs token vectors, which backend "
+                     f"{backend} does not return: use backend: torch for late_chunks")]  # fmt: skip
+        if self.config.long_context != LongContext():
+            return [(("long_context",), f"backend {backend}: {why}; use backend: torch for "
+                     "position interpolation, rope scaling or temperature")]  # fmt: skip
+        if (self.config.device or "cpu") != "cpu":
+            return [(("device",), f"backend {backend} runs on the CPU; device: "
+                     f"{self.config.device} needs backend: torch")]  # fmt: skip
+        return []
+
+    def export_key(self) -> str:
+        """Where this model's export lives: model revision, backend, precision, quantization
+        and window (a change to any of them builds another)."""
+        ref = self.model_ref
+        return key_of({"export": self.made_by(), "model": f"{ref.name}@{ref.revision}",
+                       "max_tokens": self.config.max_tokens})  # fmt: skip
+
+    def _exports(self) -> Artifacts:
+        if self.workspace is None:
+            raise ArtifactError(f"step '{self.name}' has no workspace to keep its model in")
+        return Artifacts(self.workspace, self.name)
+
+    def _prepare(self, sample: list[str] | None, run_id: str = "") -> None:
+        """Load the exported model, building it first (checked against torch on ``sample``)
+        when the workspace has none; without a sample there is nothing to check it on."""
+        store, key, made_by = self._exports(), self.export_key(), self.made_by()
+        found = store.latest(key)
+        if found is None:
+            if not sample:
+                raise ArtifactError(
+                    f"step '{self.name}': no {made_by} model is built in {store.root}; "
+                    "`pipe run` builds it on its first run"
+                )
+            found = self._build(store, key, sample, run_id)
+        figures = found.lineage().get("metrics") or {}
+        if "cosine_mean" not in figures:
+            raise ArtifactError(
+                f"exported model {found.path} has no quality figures in its lineage; remove "
+                "the folder and run the pipeline to build it again"
+            )
+        backends.gate(made_by, figures["cosine_mean"], figures["cosine_min"],
+                      self.config.min_cosine, figures["sample"], f"steps.{self.name}")  # fmt: skip
+        backend = self.backend()
+        precision = backends.precision_of(backend, self.config.precision)
+        self._run = backends.load(found.path, backend, precision)
+        self.export = found
+
+    def _build(self, store: Artifacts, key: str, sample: list[str], run_id: str) -> Artifact:
+        backend, ref, made_by = self.backend(), self.model_ref, self.made_by()
+        precision = backends.precision_of(backend, self.config.precision)
+        prompt = self.config.prompts.document or None
+        print(f"{self.name}: building the {made_by} model of {ref.name} once, into "
+              f"{store.root / key}", file=sys.stderr)  # fmt: skip
+
+        def write(folder: Path) -> dict[str, Any]:
+            backends.export(self._model, backend, self.config.quantize, folder, sample)
+            run = backends.load(folder, backend, precision)
+            ours = backends.encode(self._model, run, sample, batch_size=self.config.batch_size,
+                                   prompt=prompt)  # fmt: skip
+            theirs = self._model.encode(sample, batch_size=self.config.batch_size,
+                                        normalize_embeddings=True, convert_to_numpy=True,
+                                        show_progress_bar=False, prompt=prompt)  # fmt: skip
+            mean, low = backends.agreement(np.asarray(theirs, np.float32), ours)
+            backends.gate(made_by, mean, low, self.config.min_cosine, len(sample),
+                          f"steps.{self.name}")  # fmt: skip
+            return {"metrics": {"cosine_mean": round(mean, 6), "cosine_min": round(low, 6),
+                                "sample": len(sample)}}  # fmt: skip
+
+        lineage = {
+            "model": f"{ref.name}@{ref.revision}",
+            "backend": backend,
+            "precision": precision,
+            "quantize": self.config.quantize,
+            "made_by": made_by,
+            "max_tokens": int(self._model.max_seq_length),
+            "packages": backends.versions(backend),
+            "run_id": run_id,
+        }
+        return store.save(key, {}, lineage, write)
 
     def requires(self) -> pa.Schema:
         if self.config.pooling != "late_chunks":
@@ -197,7 +351,7 @@ class Encode(Step):
             return [(("model",), problem)]
         positions, rope, _ = models.window(self.model_ref)
         problems = long_context_problems(self.config, self.model_ref.name, positions, rope)
-        return problems + self._chunk_problems()
+        return problems + self._backend_problems() + self._chunk_problems()
 
     def _chunk_problems(self) -> list[tuple[tuple[str, ...], str]]:
         """Chunks longer than the encoder reads would lose their tails silently (late
@@ -216,6 +370,9 @@ class Encode(Step):
         return []
 
     def setup(self, ctx: StepContext | None = None) -> None:
+        if ctx is not None:
+            self.workspace = self.workspace or ctx.workspace
+            self._run_id = ctx.run_id
         if self._model is not None:
             return
         changed = self.config.max_tokens or self.config.long_context != LongContext()
@@ -264,6 +421,15 @@ class Encode(Step):
         return out
 
     def _encode_batch(self, texts: list[str], prompt: str, batch_size: int) -> np.ndarray:
+        if self._run is not None:
+            return backends.encode(
+                self._model,
+                self._run,
+                texts,
+                batch_size=batch_size,
+                prompt=prompt or None,
+                normalize=self.config.normalize,
+            )
         out = self._model.encode(
             texts,
             batch_size=batch_size,
@@ -279,6 +445,8 @@ class Encode(Step):
         batch is remembered: a search's query stages (fusion, a relevance filter) ask for the
         vectors of the queries the search has just encoded."""
         self.setup()
+        if self._run is None and self.backend() != "torch":
+            self._prepare(None)
         key = tuple(queries)
         last = self._last_queries
         if last is not None and last[0] == key:
@@ -296,25 +464,44 @@ class Encode(Step):
         return self.config.batch_size * 64
 
     def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
+        if self._run is None and self.backend() != "torch":
+            # Built before any row is encoded (a refused model indexes nothing), checked on
+            # the first texts of the input.
+            self._prepare(self._sample(rows), self._run_id)
         if self.config.pooling != "late_chunks":
             return super().windows(rows)
         # Late chunking: a window holds whole documents (a chunk's vector depends on its
         # document's other chunks), so windows still map independently, anywhere.
         return rebatch_documents(rows, self.window_rows())
 
-    def _vectors(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
+    def _sample(self, rows: Iterable[pa.RecordBatch]) -> list[str]:
+        """The first texts of the input as the model reads them: a built model's check."""
+        sample: list[str] = []
+        for batch in rows:
+            sample += self._texts(batch)[: backends.GATE_SAMPLE - len(sample)]
+            if len(sample) >= backends.GATE_SAMPLE:
+                break
+        return sample
+
+    def _titles(self, table: pa.Table | pa.RecordBatch) -> list[str | None]:
+        if self.config.include_title and "title" in table.schema.names:
+            return table.column("title").to_pylist()
+        return [None] * table.num_rows
+
+    def _texts(self, table: pa.Table | pa.RecordBatch) -> list[str]:
+        """What the model reads of each row: 'title\n\ntext' (or the text alone)."""
         texts = table.column("text").to_pylist()
-        titles = (
-            table.column("title").to_pylist()
-            if self.config.include_title and "title" in table.schema.names
-            else [None] * len(texts)
-        )
+        titles = self._titles(table)
+        return [f"{t}\n\n{x}" if t else x for t, x in zip(titles, texts, strict=True)]
+
+    def _vectors(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
         if self.config.pooling != "late_chunks":
-            texts = [f"{t}\n\n{x}" if t else x for t, x in zip(titles, texts, strict=True)]
-            return self._encode(texts, self.config.prompts.document)
+            return self._encode(self._texts(table), self.config.prompts.document)
+        texts = table.column("text").to_pylist()
+        titles = self._titles(table)
         from embedpipe.steps import longctx
 
-        docs, rows = _documents(
+        docs, rows, heads = _documents(
             table.column("doc_id").to_pylist(),
             texts,
             titles,
@@ -329,6 +516,7 @@ class Encode(Step):
             normalize=self.config.normalize,
             batch_size=self.per_pass(window),
             prompt=self.config.prompts.document or None,
+            shared=heads,
         )
         out = np.zeros((len(texts), self._dims or 0), np.float32)
         for vectors, indices in zip(found, rows, strict=True):
@@ -339,6 +527,8 @@ class Encode(Step):
         ref = self.model_ref
         dims = self._dims
         assert dims is not None, "setup() loads the model before map()"
+        if self._run is None and self.backend() != "torch":
+            self._prepare(None)  # a worker that did not build the model loads it
         table = rows
         vectors = self._vectors(table)
         n = table.num_rows
@@ -416,20 +606,27 @@ def _apply_long_context(model: Any, config: EncodeConfig, name: str, step: str) 
         longctx.attention_scaling(model, True, trained_len=trained)
 
 
+def _gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _documents(
     doc_ids: list[str],
     texts: list[str],
     titles: list[str | None],
     starts: list[int],
     ends: list[int],
-) -> tuple[list[tuple[str, list[tuple[int, int]]]], list[list[int]]]:
+) -> tuple[list[tuple[str, list[tuple[int, int]]]], list[list[int]], list[tuple[int, int] | None]]:
     """Each document re-assembled from its chunks (each chunk's text at its character span;
     what no chunk covers becomes spaces), with its title in front as the encoder prepends it,
-    and the chunks' spans in that text; and each document's row positions."""
+    and the chunks' spans in that text; each document's row positions; and each document's
+    title span (pooled into every chunk, as plain chunking has the title in every chunk)."""
     order: dict[str, list[int]] = {}
     for i, doc in enumerate(doc_ids):
         order.setdefault(doc, []).append(i)
-    docs, rows = [], []
+    docs, rows, heads = [], [], []
     for indices in order.values():
         base = min(starts[i] for i in indices)
         length = max(ends[i] for i in indices) - base
@@ -443,4 +640,5 @@ def _documents(
         spans = [(len(head) + starts[i] - base, len(head) + ends[i] - base) for i in indices]
         docs.append((head + body, spans))
         rows.append(indices)
-    return docs, rows
+        heads.append((0, len(title)) if title else None)
+    return docs, rows, heads

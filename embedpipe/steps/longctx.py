@@ -585,6 +585,7 @@ def late_chunk_vectors(
     normalize: bool = True,
     batch_size: int = 8,
     prompt: str | None = None,
+    shared: Span | None = None,
 ) -> np.ndarray:
     """Late chunking for one document: ``(len(spans), dims)`` float32 chunk vectors.
 
@@ -599,6 +600,7 @@ def late_chunk_vectors(
         normalize=normalize,
         batch_size=batch_size,
         prompt=prompt,
+        shared=[shared],
     )[0]
 
 
@@ -611,6 +613,7 @@ def late_chunk_many(
     normalize: bool = True,
     batch_size: int = 8,
     prompt: str | None = None,
+    shared: Sequence[Span | None] | None = None,
 ) -> list[np.ndarray]:
     """Late chunking (arXiv 2409.04701) for many documents: per document, one
     ``(len(spans), dims)`` float32 array of chunk vectors, spans being character ranges.
@@ -632,6 +635,9 @@ def late_chunk_many(
     "passage: ") repeated at the head of every window and not pooled. Windows from all
     documents are sorted by length and run ``batch_size`` at a time, so memory stays bounded
     by ``batch_size`` x ``window`` tokens.
+
+    ``shared``: per document, a character span pooled into every chunk's vector besides the
+    chunk's own tokens (its title, which plain chunking prepends to every chunk), or None.
     """
     import torch
 
@@ -708,12 +714,17 @@ def late_chunk_many(
             dims = _output_dims(model, hidden)
             results.append(np.zeros((0, dims), dtype=np.float32))
             continue
+        common = shared[d] if shared else None
+        a, b = _spans_to_tokens(offsets, [common])[0] if common and ids else (0, 0)
         pooled = []
         for (first, stop), span in zip(_spans_to_tokens(offsets, spans), spans, strict=True):
             if not ids:
                 pooled.append(fallback[d])
             elif stop > first:
-                pooled.append(emb[first:stop].mean(dim=0))
+                own = emb[first:stop]
+                if b > a and (b <= first or a >= stop):  # the title, pooled with the chunk
+                    own = torch.cat([emb[a:b], own])
+                pooled.append(own.mean(dim=0))
             else:
                 pooled.append(emb[_nearest_token(offsets, span)])
         vectors = torch.stack(pooled)
