@@ -11,6 +11,10 @@
    separate process, timing the encode call alone.
 3. Compares throughput, peak RSS of both processes, and the vectors (cosine by chunk_id), and
    rewrites the "## encode_overhead" section of bench/RESULTS.md.
+4. With --backends (default: every one): runs the same spec again per fast backend
+   (`--set steps.vectors.backend=... quantize=...`, each in a fresh workspace, so the first run
+   builds the exported model: its one-time build is shown apart), and judges every index with
+   `pipe eval` on SciFact's test queries: a column per backend, all measured in one sitting.
 
 Both measured programs run under bench/_rusage.py, which reports each one's own peak RSS and
 CPU time (and, separately, those of its own children, e.g. Prefect's ephemeral server).
@@ -47,6 +51,13 @@ SPEC = ROOT / "pipelines" / "scifact.yaml"
 RESULTS = BENCH / "RESULTS.md"
 SECTION = "## encode_overhead"
 TARGET_RATIO = 0.95
+DATA = ROOT.parent / "shared" / "data" / "scifact"
+# name -> (backend, quantize); torch is the pipeline of step 1
+BACKENDS = {"torch": ("torch", "none"), "openvino": ("openvino", "none"),
+            "openvino-int8": ("openvino", "int8"), "onnx": ("onnx", "none"),
+            "onnx-int8": ("onnx", "int8")}  # fmt: skip
+# issue 18's bars: (throughput vs raw torch, nDCG@10 vs the torch index)
+BARS = {"none": (3.5, 0.999), "int8": (5.0, 0.995)}
 
 console = Console()
 
@@ -122,7 +133,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="do not update the results file")
     parser.add_argument("--note", default="", help="a line to add to the results section")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"comma-separated, of {', '.join(BACKENDS)} ('' for torch vs raw only)",
+    )
+    parser.add_argument("--queries", type=Path, default=DATA / "queries.jsonl")
+    parser.add_argument("--qrels", type=Path, default=DATA / "qrels" / "test.tsv")
+    parser.add_argument("--no-eval", action="store_true", help="skip `pipe eval` (nDCG@10)")
     args = parser.parse_args()
+    args.backends = [b for b in args.backends.split(",") if b]
+    unknown = [b for b in args.backends if b not in BACKENDS]
+    if unknown:
+        parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     if args.batch_size < 1:
@@ -208,7 +231,12 @@ def last_json(stdout: str) -> Any:
 
 
 def run_pipeline(
-    spec: Path, workspace: Path, sets: list[str], enc: EncodeSettings, tmp: Path
+    spec: Path,
+    workspace: Path,
+    sets: list[str],
+    enc: EncodeSettings,
+    tmp: Path,
+    name: str = "pipe-run",
 ) -> PipeRun:
     pipe = Path(sys.executable).with_name("pipe")
     if not pipe.is_file():
@@ -216,7 +244,7 @@ def run_pipeline(
     args = ["run", str(spec), "--workspace", str(workspace), "--json"]
     for item in sets:
         args += ["--set", item]
-    proc = run_measured("pipe-run", pipe, args, tmp)
+    proc = run_measured(name, pipe, args, tmp)
     result = last_json(proc.stdout)
     if result.get("status") != "completed":
         raise BenchError(f"pipe run finished {result.get('status')}: {result.get('error')}")
@@ -276,6 +304,113 @@ def run_raw(
 def agreement(a: np.ndarray, b: np.ndarray) -> Agreement:
     cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return Agreement(float(cos.mean()), float(cos.min()))
+
+
+@dataclass(frozen=True)
+class BackendRun:
+    name: str
+    made_by: str  # openvino/bf16, onnx/int8, torch
+    run: PipeRun
+    build_s: float  # the exported model's one-time build and check, inside encode seconds
+    agree: Agreement
+    ndcg: float | None
+
+
+def run_backend(
+    name: str, spec: Path, sets: list[str], enc: EncodeSettings, tmp: Path,
+    raw: dict[str, np.ndarray], table: str, args: argparse.Namespace,
+    torch_run: tuple[PipeRun, Path] | None = None,
+) -> BackendRun:  # fmt: skip
+    """One backend's whole `pipe run` in a fresh workspace (torch: step 1's), its vectors
+    against the raw torch ones, and its nDCG@10 by `pipe eval`."""
+    backend, quantize = BACKENDS[name]
+    sets = [*sets, f"steps.{enc.step}.backend={backend}", f"steps.{enc.step}.quantize={quantize}"]
+    if torch_run is not None:
+        p, workspace = torch_run
+    else:
+        workspace = tmp / f"ws-{name}"
+        console.print(f"[bold]backend {name}[/]: pipe run → {workspace}")
+        p = run_pipeline(spec, workspace, sets, enc, tmp, f"pipe-run-{name}")
+    pipeline = embedpipe.load(spec, overrides=sets, workspace=workspace)
+    made_by, build_s = "torch", 0.0
+    for artifact in pipeline.artifacts():
+        lineage = next(a for a in _artifacts(workspace) if a.id == artifact["artifact"]).lineage()
+        made_by = lineage.get("made_by", made_by)
+        build_s = float(lineage.get("build_s", 0)) + float(lineage.get("check_s", 0))
+    rows = read_chunks(pipeline, table)
+    vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+    reference = np.stack([raw[r["chunk_id"]] for r in rows])
+    ndcg = None
+    if not args.no_eval and args.limit is None:
+        cmd = ["eval", str(spec), "--workspace", str(workspace), "--json",
+               "--queries", str(args.queries), "--qrels", str(args.qrels)]  # fmt: skip
+        for item in sets:
+            cmd += ["--set", item]
+        console.print(f"  pipe eval ({name})")
+        out = run_measured(f"eval-{name}", Path(sys.executable).with_name("pipe"), cmd, tmp)
+        result = last_json(out.stdout)
+        result = result[0] if isinstance(result, list) else result
+        ndcg = float(result["ndcg@10"])
+    return BackendRun(name, made_by, p, build_s, agreement(vectors, reference), ndcg)
+
+
+def _artifacts(workspace: Path) -> list[Any]:
+    from embedpipe.artifacts import all_artifacts
+
+    return all_artifacts(workspace)
+
+
+def backend_rows(runs: list[BackendRun], raw: RawRun) -> list[list[str]]:
+    """A row per metric, a column per backend."""
+    raw_tput = raw.chunks / raw.encode_s
+    base = next((b.ndcg for b in runs if b.name == "torch"), None)
+
+    def verdict(b: BackendRun, ratio: float) -> str:
+        if b.name == "torch" or b.ndcg is None or base is None:
+            return ""
+        speed, quality = BARS[BACKENDS[b.name][1]]
+        ok = ratio >= speed and b.ndcg >= quality * base
+        return f" ({'meets' if ok else 'misses'} ≥ {speed}x at ≥ {quality}x)"
+
+    out: list[list[str]] = [["made by (precision)", *(b.made_by for b in runs)]]
+    steady = []
+    for b in runs:
+        seconds = b.run.encode_s - b.build_s
+        steady.append(b.run.chunks / seconds / raw_tput)
+    out.append(["encode step seconds (first run)", *(f"{b.run.encode_s:.1f}" for b in runs)])
+    out.append(["… of which the one-time build + check", *(f"{b.build_s:.1f}" for b in runs)])
+    out.append(["throughput vs raw torch, build excluded",
+                *(f"{r:.2f}x" for r in steady)])  # fmt: skip
+    out.append(["throughput vs raw torch, first run with its build",
+                *(f"{b.run.chunks / b.run.encode_s / raw_tput:.2f}x" for b in runs)])  # fmt: skip
+    if any(b.ndcg is not None for b in runs):
+        out.append(["nDCG@10 (`pipe eval`, SciFact test)",
+                    *(f"{b.ndcg:.4f}" if b.ndcg is not None else "" for b in runs)])  # fmt: skip
+        out.append(["nDCG@10 vs the torch index",
+                    *(f"{b.ndcg / base:.4f}x{verdict(b, r)}" if b.ndcg and base else ""
+                      for b, r in zip(runs, steady, strict=True))])  # fmt: skip
+    out.append(["cosine to raw torch vectors (mean / min)",
+                *(f"{b.agree.mean:.5f} / {b.agree.min:.5f}" for b in runs)])  # fmt: skip
+    out.append(["peak RSS of `pipe run`", *(mib(b.run.proc.peak_kib) for b in runs)])
+    return out
+
+
+def backend_markdown(table_rows: list[list[str]], runs: list[BackendRun]) -> list[str]:
+    head = ["metric", *(f"`{b.name}`" for b in runs)]
+    return [
+        "### Backends",
+        "",
+        "Each column is a whole `pipe run` of the same spec in a fresh workspace with "
+        "`--set steps.vectors.backend=... --set steps.vectors.quantize=...`, measured in this "
+        "sitting against the raw sentence-transformers encode above. A fast backend's first "
+        "run builds its exported model (and checks it against torch on 256 chunks); that "
+        "one-time cost is shown apart, and later runs and queries reuse the model.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * len(runs),
+        *("| " + " | ".join(r) + " |" for r in table_rows),
+        "",
+    ]
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -377,6 +512,7 @@ def section(
     loads: tuple[str, str],
     p: PipeRun,
     table_rows: list[tuple[str, str, str]],
+    extra: list[str] | None = None,
 ) -> str:
     if args.limit is not None:
         scope = (
@@ -414,6 +550,7 @@ def section(
         "call alone. Peak RSS and CPU time are each process's own (`getrusage`, measured by "
         "bench/_rusage.py); its children's are shown apart.",
         "",
+        *(extra or []),
     ]
     return "\n".join(lines)
 
@@ -470,11 +607,37 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
     stored = np.asarray([c["vector"] for c in chunks], dtype=np.float32)
     table_rows = rows(p, r, agreement(stored, raw_vectors))
     scope = f"first {args.limit} docs (smoke run)" if args.limit else "full corpus"
-    loads = (load_before, load_average())
     print_table(table_rows, f"encode_overhead · {scope} · batch {args.batch_size}")
+
+    extra: list[str] = []
+    if args.backends:
+        raw = {c["chunk_id"]: v for c, v in zip(chunks, raw_vectors, strict=True)}
+        runs = [
+            run_backend(
+                name,
+                spec,
+                sets,
+                enc,
+                tmp,
+                raw,
+                table,
+                args,
+                (p, workspace) if name == "torch" else None,
+            )
+            for name in args.backends
+        ]
+        by_backend = backend_rows(runs, r)
+        shown = Table(title=f"encode backends · {scope}")
+        for col in ["metric", *(b.name for b in runs)]:
+            shown.add_column(col)
+        for row in by_backend:
+            shown.add_row(*row)
+        console.print(shown)
+        extra = backend_markdown(by_backend, runs)
+    loads = (load_before, load_average())
     console.print(f"load average at the start: {loads[0]}; at the end: {loads[1]}")
     if not args.no_write:
-        write_section(args.results, section(args, info, loads, p, table_rows))
+        write_section(args.results, section(args, info, loads, p, table_rows, extra))
         console.print(f"wrote the {SECTION!r} section of {args.results}")
 
 

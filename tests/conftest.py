@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +14,9 @@ import pytest
 from embedpipe import _env
 
 _env.apply()  # as `pipe` and the runner do (importing embedpipe sets nothing)
+# Per-user state (the exported models shared by workspaces, `pipe ui`'s record) stays in the
+# test session; subprocesses inherit it.
+os.environ.setdefault("EMBEDPIPE_HOME", tempfile.mkdtemp(prefix="embedpipe-tests-home-"))
 
 # Six short documents on distinct topics: each query below has one clearly right answer.
 CORPUS = [

@@ -17,7 +17,6 @@ from embedpipe.engine.cache import fingerprint
 from embedpipe.errors import QualityGateError, SpecError
 from embedpipe.steps import backends
 from embedpipe.steps.encode import EncodeConfig
-from tests.conftest import BASIC_SPEC
 
 TEXTS = [
     "Vitamin D supplementation reduced hip fractures in older adults.",
@@ -26,6 +25,9 @@ TEXTS = [
     "with flour and water, and kept warm until it doubles.",
     "short",
 ]
+
+
+TORCH = ["steps.vectors.backend=torch"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_fp32_exports_match_torch(model: object, tmp_path: Path, backend: str, p
 
 
 def test_backend_is_in_the_fingerprint_and_batch_size_is_not(basic_spec: Path) -> None:
-    torch_step = embedpipe.load(basic_spec).dag.steps["vectors"]
+    torch_step = embedpipe.load(basic_spec, overrides=TORCH).dag.steps["vectors"]
     plain = EncodeConfig(type="encode", input="chunks")
     assert not {"backend", "quantize", "precision", "min_cosine"} & set(plain.identity())
     over = ["steps.vectors.backend=onnx"]
@@ -65,7 +67,9 @@ def test_backend_is_in_the_fingerprint_and_batch_size_is_not(basic_spec: Path) -
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["steps.vectors.quantize=int8"], "quantize: int8 quantizes an exported model"),
+        ([*TORCH, "steps.vectors.quantize=int8"], "quantize: int8 quantizes an exported model"),
+        (["steps.vectors.quantize=int8", "steps.vectors.pooling=late_chunks"],
+         "int8 quantizes an exported model, but backend auto runs torch here"),
         (["steps.vectors.backend=openvino", "steps.vectors.pooling=late_chunks"],
          "late chunking needs token vectors, which backend openvino does not return"),
         (["steps.vectors.backend=onnx", "steps.vectors.long_context.temperature=0.9"],
@@ -82,11 +86,25 @@ def test_backend_spec_errors(basic_spec: Path, sets: list[str], message: str) ->
     assert message in rendered and "spec.yaml" in rendered, rendered
 
 
+def test_auto_is_openvino_on_a_cpu_and_torch_where_an_export_cannot_serve(
+    basic_spec: Path,
+) -> None:
+    def made_by(*sets: str) -> str:
+        return embedpipe.load(basic_spec, overrides=list(sets)).dag.steps["vectors"].made_by()
+
+    assert made_by().startswith("openvino/")  # the default on a CPU
+    assert made_by("steps.vectors.device=cpu").startswith("openvino/")
+    assert made_by("steps.vectors.device=cuda") == "torch"
+    assert made_by("steps.vectors.pooling=late_chunks") == "torch"
+    assert made_by("steps.vectors.long_context.temperature=0.9") == "torch"
+    assert made_by(*TORCH) == "torch"
+
+
 def test_export_is_built_once_reused_and_serves_queries(
     basic_spec: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     over = ["steps.vectors.backend=openvino"]
-    torch_run = embedpipe.load(basic_spec)
+    torch_run = embedpipe.load(basic_spec, overrides=TORCH)
     assert torch_run.run().status == "completed"
     torch_rows = {r["chunk_id"]: np.asarray(r["vector"])
                   for r in torch_run.sql("select chunk_id, vector from tiny")}  # fmt: skip
@@ -132,7 +150,7 @@ def test_gate_refuses_a_broken_quantization(
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
 
     monkeypatch.setattr(backends, "quantize_onnx", broken)
-    first = embedpipe.load(basic_spec)
+    first = embedpipe.load(basic_spec, overrides=TORCH)
     assert first.run().status == "completed"
     count = "select count(*) as n, max(model) as m from tiny"
     before = first.sql(count)
@@ -155,6 +173,7 @@ def test_a_raised_floor_refuses_a_kept_model(
     done = embedpipe.load(basic_spec, overrides=over).run()
     assert done.status == "completed", done.error
     (built,) = all_artifacts(embedpipe.load(basic_spec).workspace)
+    assert built.lineage()["made_by"] == "onnx/int8"
     mean = built.lineage()["metrics"]["cosine_mean"]
     assert 0.98 < mean < 1.0
     strict = embedpipe.load(basic_spec, overrides=[*over, "steps.vectors.min_cosine=0.99999"])

@@ -23,6 +23,9 @@ import contextlib
 import functools
 import importlib.util
 import io
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from embedpipe import _env
 from embedpipe.errors import ArtifactError, QualityGateError
 
 BACKENDS = ("torch", "openvino", "onnx")
@@ -111,9 +115,58 @@ def _quiet() -> contextlib.ExitStack:
     return stack
 
 
-def export(model: Any, backend: str, quantize: str, folder: Path, sample: Sequence[str]) -> None:
+def shared_root() -> Path:
+    """Where plain (not quantized) exports are kept for every workspace of this user:
+    ``$EMBEDPIPE_HOME/exports`` (default ``~/.embedpipe/exports``)."""
+    return _env.home() / "exports"
+
+
+def export(
+    model: Any,
+    backend: str,
+    quantize: str,
+    folder: Path,
+    sample: Sequence[str],
+    shared: str | None = None,
+) -> None:
     """Export ``model`` for ``backend`` into ``folder`` (int8-quantized when ``quantize`` is
-    int8, calibrated on ``sample`` where the method needs data)."""
+    int8, calibrated on ``sample`` where the method needs data). A plain export depends only
+    on the model and the backend: with ``shared`` (a key naming them), it is made once per
+    machine under :func:`shared_root` and linked into ``folder``."""
+    if shared and quantize == "none":
+        with contextlib.suppress(OSError):
+            source = _shared_export(model, backend, shared)
+            for name in FILES[backend]:
+                _link(source / name, folder / name)
+            return
+    _export(model, backend, quantize, folder, sample)
+
+
+def _shared_export(model: Any, backend: str, key: str) -> Path:
+    target = shared_root() / key
+    if not all((target / name).is_file() for name in FILES[backend]):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        try:
+            _export(model, backend, "none", tmp, [])
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process made it meanwhile
+                if not target.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
+
+
+def _export(model: Any, backend: str, quantize: str, folder: Path, sample: Sequence[str]) -> None:
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)

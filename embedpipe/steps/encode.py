@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -125,7 +126,7 @@ class EncodeConfig(StepConfig):
         json_schema_extra=ADDED,
     )  # fmt: skip
     backend: Literal["auto", "torch", "openvino", "onnx"] = Field(
-        "torch", description="What runs the model: torch (sentence-transformers), openvino or "
+        "auto", description="What runs the model: torch (sentence-transformers), openvino or "
         "onnx (ONNX Runtime): the model exported once into the workspace's artifacts and "
         "reused by later runs and by queries; auto: openvino on a CPU where it is installed, "
         "else torch. Vectors differ a little between backends, so changing it re-encodes.",
@@ -251,6 +252,11 @@ class Encode(Step):
 
     def _backend_problems(self) -> list[tuple[tuple[str, ...], str]]:
         backend = self.config.backend
+        if backend == "auto" and self.config.quantize != "none" and self.backend() == "torch":
+            why = "a GPU, late chunking, long_context, or no openvino installed"
+            return [(("quantize",), f"{self.config.quantize} quantizes an exported model, but "
+                     f"backend auto runs torch here ({why}): set backend: openvino or onnx, "
+                     "or quantize: none")]  # fmt: skip
         if backend not in backends.FAST:
             return []
         absent = backends.missing(backend)
@@ -280,13 +286,16 @@ class Encode(Step):
             raise ArtifactError(f"step '{self.name}' has no workspace to keep its model in")
         return Artifacts(self.workspace, self.name)
 
-    def _prepare(self, sample: list[str] | None, run_id: str = "") -> None:
+    def _prepare(
+        self, sample: list[str] | None, run_id: str = "", *, queries: bool = False
+    ) -> None:
         """Load the exported model, building it first (checked against torch on ``sample``)
-        when the workspace has none; without a sample there is nothing to check it on."""
+        when the workspace has none. Queries may build a plain export (checked on them), never
+        an int8 one: that is calibrated and checked on the corpus, by a run."""
         store, key, made_by = self._exports(), self.export_key(), self.made_by()
         found = store.latest(key)
         if found is None:
-            if not sample:
+            if not sample or (queries and self.config.quantize != "none"):
                 raise ArtifactError(
                     f"step '{self.name}': no {made_by} model is built in {store.root}; "
                     "`pipe run` builds it on its first run"
@@ -313,8 +322,10 @@ class Encode(Step):
               f"{store.root / key}", file=sys.stderr)  # fmt: skip
 
         def write(folder: Path) -> dict[str, Any]:
-            backends.export(self._model, backend, self.config.quantize, folder, sample)
+            start = time.perf_counter()
+            backends.export(self._model, backend, self.config.quantize, folder, sample, key)
             run = backends.load(folder, backend, precision)
+            built = time.perf_counter()
             ours = backends.encode(self._model, run, sample, batch_size=self.config.batch_size,
                                    prompt=prompt)  # fmt: skip
             theirs = self._model.encode(sample, batch_size=self.config.batch_size,
@@ -323,8 +334,10 @@ class Encode(Step):
             mean, low = backends.agreement(np.asarray(theirs, np.float32), ours)
             backends.gate(made_by, mean, low, self.config.min_cosine, len(sample),
                           f"steps.{self.name}")  # fmt: skip
+            seconds = {"build_s": round(built - start, 2),
+                       "check_s": round(time.perf_counter() - built, 2)}  # fmt: skip
             return {"metrics": {"cosine_mean": round(mean, 6), "cosine_min": round(low, 6),
-                                "sample": len(sample)}}  # fmt: skip
+                                "sample": len(sample)}, **seconds}  # fmt: skip
 
         lineage = {
             "model": f"{ref.name}@{ref.revision}",
@@ -446,7 +459,7 @@ class Encode(Step):
         vectors of the queries the search has just encoded."""
         self.setup()
         if self._run is None and self.backend() != "torch":
-            self._prepare(None)
+            self._prepare(list(queries), queries=True)
         key = tuple(queries)
         last = self._last_queries
         if last is not None and last[0] == key:
