@@ -592,12 +592,13 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
     if args.limit is not None:
         ingest, corpus = limited_corpus(pipeline, args.limit, tmp)
         sets.append(f"steps.{ingest}.source={corpus}")
+    base = [*sets, f"steps.{enc.step}.backend=torch"]  # step 1: the pipeline on torch
     workspace = tmp / "workspace"
 
-    console.print(f"[bold]1/2[/] pipe run {spec.name} → {workspace} ({', '.join(sets)})")
-    p = run_pipeline(spec, workspace, sets, enc, tmp)
+    console.print(f"[bold]1/2[/] pipe run {spec.name} → {workspace} ({', '.join(base)})")
+    p = run_pipeline(spec, workspace, base, enc, tmp)
 
-    chunks = read_chunks(embedpipe.load(spec, overrides=sets, workspace=workspace), table)
+    chunks = read_chunks(embedpipe.load(spec, overrides=base, workspace=workspace), table)
     if len(chunks) != p.chunks:
         raise BenchError(f"table {table} has {len(chunks)} rows; the encode step wrote {p.chunks}")
     texts = [encoder_input(c["title"], c["text"], enc.include_title) for c in chunks]

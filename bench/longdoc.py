@@ -177,7 +177,7 @@ workspace: ws
 steps:
   docs: {{type: ingest, source: {corpus}, format: beir}}
   chunks: {{type: chunk, input: docs, strategy: none}}
-  vectors: {{type: encode, input: chunks, batch_size: 8}}
+  vectors: {{type: encode, input: chunks, batch_size: 8, backend: torch}}
   docvecs: {{type: pool, input: vectors}}
   index: {{type: index, input: vectors, table: qmsum}}
 """

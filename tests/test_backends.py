@@ -3,6 +3,7 @@ the quality gate, the export as a workspace artifact, and the cache fingerprint.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,7 +62,11 @@ def test_backend_is_in_the_fingerprint_and_batch_size_is_not(basic_spec: Path) -
     prints = [fingerprint(s) for s in (torch_step, onnx, int8.dag.steps["vectors"])]
     assert len(set(prints)) == 3
     assert fingerprint(fast.dag.steps["vectors"]) == fingerprint(onnx)
-    assert onnx.made_by() == "onnx/fp32" and int8.dag.steps["vectors"].made_by() == "onnx/int8"
+    assert onnx.made_by() == "onnx" and int8.dag.steps["vectors"].made_by() == "onnx/int8"
+    # what made the vectors is named from the settings, never from this machine's CPU
+    ov = embedpipe.load(basic_spec, overrides=["steps.vectors.precision=fp32"])
+    assert embedpipe.load(basic_spec).dag.steps["vectors"].made_by() == "openvino"
+    assert ov.dag.steps["vectors"].made_by() == "openvino/fp32"
 
 
 @pytest.mark.parametrize(
@@ -92,8 +97,8 @@ def test_auto_is_openvino_on_a_cpu_and_torch_where_an_export_cannot_serve(
     def made_by(*sets: str) -> str:
         return embedpipe.load(basic_spec, overrides=list(sets)).dag.steps["vectors"].made_by()
 
-    assert made_by().startswith("openvino/")  # the default on a CPU
-    assert made_by("steps.vectors.device=cpu").startswith("openvino/")
+    assert made_by() == "openvino"  # the default, whatever this host has
+    assert made_by("steps.vectors.device=cpu") == "openvino"
     assert made_by("steps.vectors.device=cuda") == "torch"
     assert made_by("steps.vectors.pooling=late_chunks") == "torch"
     assert made_by("steps.vectors.long_context.temperature=0.9") == "torch"
@@ -113,7 +118,7 @@ def test_export_is_built_once_reused_and_serves_queries(
     done = fast.run()
     assert done.status == "completed", done.error
     assert done.steps["vectors"].computed == len(torch_rows)  # another backend re-encodes
-    assert "building the openvino/" in capsys.readouterr().err
+    assert "building the openvino model of all-MiniLM-L6-v2" in capsys.readouterr().err
     (built,) = all_artifacts(fast.workspace)
     lineage = built.lineage()
     assert lineage["backend"] == "openvino" and lineage["metrics"]["cosine_mean"] > 0.999
@@ -126,6 +131,15 @@ def test_export_is_built_once_reused_and_serves_queries(
     # batch size changes no vector: everything cached, nothing rebuilt
     again = embedpipe.load(basic_spec, overrides=[*over, "steps.vectors.batch_size=3"]).run()
     assert again.steps["vectors"].computed == 0 and again.steps["vectors"].cached == len(rows)
+    assert "building" not in capsys.readouterr().err
+    assert [a.id for a in all_artifacts(fast.workspace)] == [built.id]
+
+    # a later run with work to do reuses the kept model
+    extra = {"_id": "d7", "title": "Tides", "text": "The moon's gravity raises the tides."}
+    with (basic_spec.parent / "corpus.jsonl").open("a") as f:
+        f.write(json.dumps(extra) + "\n")
+    more = embedpipe.load(basic_spec, overrides=over).run()
+    assert more.steps["vectors"].computed == 1 and more.steps["vectors"].rows_in == len(rows) + 1
     assert "building" not in capsys.readouterr().err
     assert [a.id for a in all_artifacts(fast.workspace)] == [built.id]
 
@@ -152,7 +166,7 @@ def test_gate_refuses_a_broken_quantization(
     monkeypatch.setattr(backends, "quantize_onnx", broken)
     first = embedpipe.load(basic_spec, overrides=TORCH)
     assert first.run().status == "completed"
-    count = "select count(*) as n, max(model) as m from tiny"
+    count = "select chunk_id, vector from tiny order by chunk_id"
     before = first.sql(count)
     over = ["steps.vectors.backend=onnx", "steps.vectors.quantize=int8",
             "steps.vectors.min_cosine=0.99"]  # fmt: skip
@@ -177,5 +191,11 @@ def test_a_raised_floor_refuses_a_kept_model(
     mean = built.lineage()["metrics"]["cosine_mean"]
     assert 0.98 < mean < 1.0
     strict = embedpipe.load(basic_spec, overrides=[*over, "steps.vectors.min_cosine=0.99999"])
-    with pytest.raises(QualityGateError, match=r"below the floor min_cosine 0\.99999"):
+    with pytest.raises(QualityGateError, match=r"below the floor min_cosine 0\.99999.*built"):
         strict.search("bees", 1)
+    # a run that loads it is refused too (it has a new document to encode)
+    extra = {"_id": "d7", "title": "Tides", "text": "The moon's gravity raises the tides."}
+    with (basic_spec.parent / "corpus.jsonl").open("a") as f:
+        f.write(json.dumps(extra) + "\n")
+    refused = strict.run()
+    assert refused.status == "failed" and "min_cosine 0.99999" in (refused.error or "")

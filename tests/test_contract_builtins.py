@@ -72,10 +72,16 @@ class TestChunkContract(StepContract):
 
 class TestEncodeContract(StepContract):
     step_type = "encode"
-    config: ClassVar = {"input": "chunks"}
+    config: ClassVar = {"input": "chunks"}  # backend auto: openvino, bf16 on a CPU with it
+    tolerance = 2e-3
 
     def sample(self) -> pa.Table:
         return _chunks()
+
+
+class TestTorchEncodeContract(TestEncodeContract):
+    config: ClassVar = {"input": "chunks", "backend": "torch"}
+    tolerance = 1e-5
 
 
 class TestIndexContract(StepContract):

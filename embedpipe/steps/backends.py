@@ -26,6 +26,7 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,11 +75,13 @@ def precision_of(backend: str, requested: str) -> str:
 
 
 def label(backend: str, precision: str, quantize: str) -> str:
-    """``openvino/bf16``, ``onnx/int8``, ...: what a backend's vectors are made by (it enters
-    the encode step's cache fingerprint: each one's vectors differ a little)."""
+    """``openvino``, ``openvino/fp32``, ``onnx/int8``, ...: what makes a step's vectors, from
+    its settings (``precision`` as set: auto or fp32), never from the machine, so that every
+    host computes the same cache fingerprint and finds the same export. It enters the encode
+    step's fingerprint: each backend's vectors differ a little."""
     if quantize == "int8":
-        return f"{backend}/int8" + (f"+{precision}" if backend == "openvino" else "")
-    return f"{backend}/{precision}"
+        return f"{backend}/int8"
+    return f"{backend}/fp32" if precision == "fp32" and backend == "openvino" else backend
 
 
 class _Pooled:
@@ -149,6 +152,9 @@ def _shared_export(model: Any, backend: str, key: str) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
         try:
             _export(model, backend, "none", tmp, [])
+            for name in FILES[backend]:  # durable before the rename publishes it
+                with open(tmp / name, "rb") as f:
+                    os.fsync(f.fileno())
             try:
                 os.rename(tmp, target)
             except OSError:  # another process made it meanwhile
@@ -267,9 +273,11 @@ def load(folder: Path, backend: str, precision: str) -> Runner:
             config["INFERENCE_PRECISION_HINT"] = "f32"
         compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", config)
         request = compiled.create_infer_request()
+        lock = threading.Lock()  # one request: searches from several threads take turns
 
         def run_openvino(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            return np.array(request.infer([ids, mask])[0], dtype=np.float32)
+            with lock:
+                return np.array(request.infer([ids, mask])[0], dtype=np.float32)
 
         return run_openvino
     import onnxruntime as ort
@@ -344,12 +352,23 @@ def agreement(reference: np.ndarray, vectors: np.ndarray) -> tuple[float, float]
     return float(cos.mean()), float(cos.min())
 
 
-def gate(built: str, mean: float, low: float, floor: float, sample: int, where: str) -> None:
+def gate(
+    built: str, mean: float, low: float, floor: float, sample: int, where: str, kept: bool = False
+) -> None:
     """Refuse an export whose vectors stray from torch's: mean cosine below ``floor``."""
-    if mean < floor:
+    if mean >= floor:
+        return
+    figures = (
+        f"the {built} model's vectors agree with torch's at cosine {mean:.4f} mean, "
+        f"{low:.4f} min over {sample} texts, below the floor min_cosine {floor}"
+    )
+    if kept:
         raise QualityGateError(
-            f"{where}: the {built} model's vectors agree with torch's at cosine {mean:.4f} mean, "
-            f"{low:.4f} min over {sample} texts, below the floor min_cosine {floor}; nothing "
-            "was indexed with it. Use quantize: none, another backend, or (knowing the cost) "
-            "a lower min_cosine"
+            f"{where}: {figures} (measured when it was built, under a lower floor); rows "
+            "already encoded with it stay until re-encoded. Set backend: torch, quantize: none "
+            "or another backend to re-encode, or lower min_cosine"
         )
+    raise QualityGateError(
+        f"{where}: {figures}; nothing was indexed with it. Use quantize: none, another "
+        "backend, or (knowing the cost) a lower min_cosine"
+    )

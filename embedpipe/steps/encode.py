@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -198,8 +199,20 @@ class Encode(Step):
         self._run: backends.Runner | None = None  # the exported model, when not on torch
         self.export: Artifact | None = None  # its artifact
         self._run_id = ""
+        self._building = threading.Lock()
         if self.config.pooling == "late_chunks":
             self.cache_whole = "doc_id"  # a chunk's vector depends on its whole document
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An executor may send the step to another process: the loaded export (an inference
+        # request, a lock) does not travel; the worker loads it from the workspace.
+        state = dict(self.__dict__)
+        state.update(_run=None, _building=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._building = threading.Lock()
 
     @property
     def model_ref(self) -> models.ModelRef:
@@ -226,6 +239,8 @@ class Encode(Step):
         made_by = self.made_by()
         if made_by != "torch":  # torch's vectors keep the fingerprint they always had
             out["backend"] = made_by
+        if self.config.pooling == "late_chunks" and self.config.include_title:
+            out["late_chunks"] = "title pooled"  # since 2026-11-30: earlier caches re-encode
         return out
 
     # -- backends -----------------------------------------------------------------------------
@@ -238,17 +253,17 @@ class Encode(Step):
         plain = self.config.pooling == "model" and self.config.long_context == LongContext()
         if not plain or (self.config.device or "cpu") != "cpu" or backends.missing("openvino"):
             return "torch"
-        if self.config.device is None and _gpu():
-            return "torch"
+        # Not "is there a GPU here?": a run and its searches may be on different hosts, and
+        # must agree on what made the vectors. A GPU is named with device (or backend: torch).
         return "openvino"
 
     def made_by(self) -> str:
-        """``torch``, ``openvino/bf16``, ``onnx/int8``, ...: what makes this step's vectors."""
+        """``torch``, ``openvino``, ``openvino/fp32``, ``onnx/int8``, ...: what makes this
+        step's vectors (from the settings, the same on every host)."""
         backend = self.backend()
         if backend == "torch":
             return "torch"
-        precision = backends.precision_of(backend, self.config.precision)
-        return backends.label(backend, precision, self.config.quantize)
+        return backends.label(backend, self.config.precision, self.config.quantize)
 
     def _backend_problems(self) -> list[tuple[tuple[str, ...], str]]:
         backend = self.config.backend
@@ -292,6 +307,12 @@ class Encode(Step):
         """Load the exported model, building it first (checked against torch on ``sample``)
         when the workspace has none. Queries may build a plain export (checked on them), never
         an int8 one: that is calibrated and checked on the corpus, by a run."""
+        with self._building:
+            if self._run is not None:  # another thread loaded it meanwhile
+                return
+            self._load_export(sample, run_id, queries)
+
+    def _load_export(self, sample: list[str] | None, run_id: str, queries: bool) -> None:
         store, key, made_by = self._exports(), self.export_key(), self.made_by()
         found = store.latest(key)
         if found is None:
@@ -300,7 +321,12 @@ class Encode(Step):
                     f"step '{self.name}': no {made_by} model is built in {store.root}; "
                     "`pipe run` builds it on its first run"
                 )
-            found = self._build(store, key, sample, run_id)
+            try:
+                found = self._build(store, key, sample, run_id)
+            except OSError:  # another process published the same version first: use it
+                found = store.latest(key)
+                if found is None:
+                    raise
         figures = found.lineage().get("metrics") or {}
         if "cosine_mean" not in figures:
             raise ArtifactError(
@@ -308,7 +334,8 @@ class Encode(Step):
                 "the folder and run the pipeline to build it again"
             )
         backends.gate(made_by, figures["cosine_mean"], figures["cosine_min"],
-                      self.config.min_cosine, figures["sample"], f"steps.{self.name}")  # fmt: skip
+                      self.config.min_cosine, figures["sample"], f"steps.{self.name}",
+                      kept=True)  # fmt: skip
         backend = self.backend()
         precision = backends.precision_of(backend, self.config.precision)
         self._run = backends.load(found.path, backend, precision)
@@ -318,12 +345,14 @@ class Encode(Step):
         backend, ref, made_by = self.backend(), self.model_ref, self.made_by()
         precision = backends.precision_of(backend, self.config.precision)
         prompt = self.config.prompts.document or None
-        print(f"{self.name}: building the {made_by} model of {ref.name} once, into "
-              f"{store.root / key}", file=sys.stderr)  # fmt: skip
+        print(f"{self.name}: building the {made_by} model of {ref.name} ({precision} on this "
+              f"CPU) once, into {store.root / key}", file=sys.stderr)  # fmt: skip
+        calibration = [f"{prompt}{t}" for t in sample] if prompt else sample
 
         def write(folder: Path) -> dict[str, Any]:
             start = time.perf_counter()
-            backends.export(self._model, backend, self.config.quantize, folder, sample, key)
+            backends.export(self._model, backend, self.config.quantize, folder, calibration,
+                            key)  # fmt: skip
             run = backends.load(folder, backend, precision)
             built = time.perf_counter()
             ours = backends.encode(self._model, run, sample, batch_size=self.config.batch_size,
@@ -396,7 +425,9 @@ class Encode(Step):
             variant = json.dumps(
                 [self.config.max_tokens, self.config.long_context.model_dump(mode="json")]
             )
-        self._model = models.load(self.model_ref, self.config.device, variant)
+        # An exported model runs on the CPU; it is traced from a CPU instance of the model.
+        device = self.config.device if self.backend() == "torch" else "cpu"
+        self._model = models.load(self.model_ref, device, variant)
         if changed:
             _apply_long_context(self._model, self.config, self.model_ref.name, self.name)
         # renamed in sentence-transformers 6; keep working with 3.x-5.x
@@ -477,24 +508,29 @@ class Encode(Step):
         return self.config.batch_size * 64
 
     def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
+        source = self._windows(rows)
         if self._run is None and self.backend() != "torch":
-            # Built before any row is encoded (a refused model indexes nothing), checked on
-            # the first texts of the input.
-            self._prepare(self._sample(rows), self._run_id)
+            return self._export_first(source)
+        return source
+
+    def _export_first(
+        self, source: Iterator[pa.Table | pa.RecordBatch]
+    ) -> Iterator[pa.Table | pa.RecordBatch]:
+        """The exported model is loaded (or built, and checked on the first window's texts)
+        before any window is handed out: a refused model indexes nothing."""
+        first = next(source, None)
+        if first is None:
+            return
+        self._prepare(self._texts(first)[: backends.GATE_SAMPLE], self._run_id)
+        yield first
+        yield from source
+
+    def _windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
         if self.config.pooling != "late_chunks":
             return super().windows(rows)
         # Late chunking: a window holds whole documents (a chunk's vector depends on its
         # document's other chunks), so windows still map independently, anywhere.
         return rebatch_documents(rows, self.window_rows())
-
-    def _sample(self, rows: Iterable[pa.RecordBatch]) -> list[str]:
-        """The first texts of the input as the model reads them: a built model's check."""
-        sample: list[str] = []
-        for batch in rows:
-            sample += self._texts(batch)[: backends.GATE_SAMPLE - len(sample)]
-            if len(sample) >= backends.GATE_SAMPLE:
-                break
-        return sample
 
     def _titles(self, table: pa.Table | pa.RecordBatch) -> list[str | None]:
         if self.config.include_title and "title" in table.schema.names:
@@ -617,12 +653,6 @@ def _apply_long_context(model: Any, config: EncodeConfig, name: str, step: str) 
         longctx.set_temperature(model, tau)
     if lc.attention_scaling:
         longctx.attention_scaling(model, True, trained_len=trained)
-
-
-def _gpu() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def _documents(
