@@ -148,6 +148,14 @@ SCIFACT_STRATEGIES = [
         "late chunking in 256-token windows (the model's own length), overlapping",
         [*CHUNKS_128, "steps.vectors.pooling=late_chunks", "steps.vectors.max_tokens=256"],
     ),
+    *(
+        Strategy(
+            f"late-128-c{c}",
+            f"late chunking, bounded: each chunk reads {c} tokens of its abstract on each side",
+            [*CHUNKS_128, "steps.vectors.pooling=late_chunks", f"steps.vectors.late_context={c}"],
+        )
+        for c in (8, 16, 32, 64)
+    ),
 ]
 
 

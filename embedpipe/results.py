@@ -7,6 +7,7 @@ executor running a step elsewhere sends them back the same way). The engine fold
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -35,6 +36,17 @@ Event: TypeAlias = pa.RecordBatch | Skipped | Stats
 # One search hit: at least doc_id, chunk_id, score and text; stages may add keys
 # (a relevance filter adds relevance and kept).
 Hit: TypeAlias = dict[str, Any]
+
+
+def best_per_document(hits: Iterable[Hit]) -> dict[str, Hit]:
+    """A query's chunk hits folded to their documents: each document's best-scoring hit, best
+    document first (a hit without a doc_id stands for itself, by chunk_id)."""
+    best: dict[str, Hit] = {}
+    for h in hits:
+        doc = str(h.get("doc_id") or h.get("chunk_id"))
+        if doc not in best or float(h["score"]) > float(best[doc]["score"]):
+            best[doc] = h
+    return dict(sorted(best.items(), key=lambda kv: float(kv[1]["score"]), reverse=True))
 
 
 @dataclass

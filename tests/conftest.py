@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import textwrap
 from collections.abc import Callable
@@ -15,8 +17,9 @@ from embedpipe import _env
 
 _env.apply()  # as `pipe` and the runner do (importing embedpipe sets nothing)
 # Per-user state (the exported models shared by workspaces, `pipe ui`'s record) stays in the
-# test session; subprocesses inherit it.
-os.environ.setdefault("EMBEDPIPE_HOME", tempfile.mkdtemp(prefix="embedpipe-tests-home-"))
+# test session, never the developer's; subprocesses inherit it.
+os.environ["EMBEDPIPE_HOME"] = _HOME = tempfile.mkdtemp(prefix="embedpipe-tests-home-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 # Six short documents on distinct topics: each query below has one clearly right answer.
 CORPUS = [

@@ -66,6 +66,7 @@ def test_new_settings_at_their_defaults_change_no_fingerprint(spec: Path) -> Non
         (["steps.vectors.long_context.position_interpolation=linear"],
          "but max_tokens is unset: set max_tokens above 512"),
         (["steps.vectors.long_context.temperature=0"], "temperature must be in (0, 4]"),
+        (["steps.vectors.late_context=16"], "late_context bounds late chunking's context"),
         (["steps.chunks.max_tokens=400"],
          "steps.chunks makes chunks of up to 400 tokens, but this encoder reads 256"),
     ],
@@ -204,3 +205,19 @@ def test_long_inputs_are_batched_by_length(spec: Path, monkeypatch: pytest.Monke
     # the four texts within the model's 256 tokens in one group; the one of 257-512 tokens alone
     assert sorted(passes) == [(1, 4), (4, 8)]
     np.testing.assert_allclose(grouped, alone, atol=2e-5)
+
+
+def test_late_context_bounds_what_each_chunk_reads(spec: Path) -> None:
+    plain = embedpipe.load(spec, overrides=["steps.vectors.backend=torch"])
+    assert plain.run().status == "completed"
+    rows = "select chunk_id, vector from longdoc order by chunk_id"
+    alone = {r["chunk_id"]: np.asarray(r["vector"]) for r in plain.sql(rows)}
+    sets = ["steps.vectors.pooling=late_chunks", "steps.vectors.late_context=0"]
+    bounded = embedpipe.load(spec, overrides=sets)
+    done = bounded.run()
+    assert done.status == "completed", done.error
+    assert done.steps["vectors"].computed == len(alone)  # another setting: re-encoded
+    got = {r["chunk_id"]: np.asarray(r["vector"]) for r in bounded.sql(rows)}
+    assert got.keys() == alone.keys()
+    # no context: each chunk reads itself and its title, as plain chunking does
+    assert min(float(got[c] @ alone[c]) for c in got) > 0.95

@@ -372,6 +372,31 @@ def test_late_chunk_many_matches_one_by_one(model):
         assert np.allclose(got, one, atol=1e-5)
 
 
+def test_late_chunk_title_and_bounded_context(model):
+    title = "Remote control design"
+    text = f"{title}\n\n{DOC}"
+    spans = [(a + len(title) + 2, b + len(title) + 2) for a, b in SPANS]
+    shared = [(0, len(title))]
+    whole = longctx.late_chunk_many(model, [(text, spans)], 512, shared=shared)[0]
+    untitled = longctx.late_chunk_many(model, [(text, spans)], 512)[0]
+    assert not np.allclose(whole, untitled, atol=1e-4)  # the title is pooled into each chunk
+    # a context past the document's length reads what whole-document late chunking reads
+    far = longctx.late_chunk_local(model, [(text, spans)], 512, 10_000, shared=shared)[0]
+    assert np.allclose(far, whole, atol=1e-5)
+    # no context: each chunk read alone with its title, near plain chunking's vector
+    alone = longctx.late_chunk_local(model, [(text, spans)], 512, 0, shared=shared)[0]
+    plain = encode(model, [f"{title}\n\n{c}" for c in CHUNKS])
+    assert (np.sum(alone * plain, axis=1) > 0.95).all()
+    assert (np.sum(alone * plain, axis=1) > np.sum(whole * plain, axis=1)).all()
+    some = longctx.late_chunk_local(model, [(text, spans)], 512, 4, shared=shared)[0]
+    assert not np.allclose(some, alone, atol=1e-4) and not np.allclose(some, whole, atol=1e-4)
+    # a window too small for the context gives up context, never chunk tokens
+    tight = longctx.late_chunk_local(model, [(text, spans)], 24, 50, shared=shared)[0]
+    assert tight.shape == (3, 384) and np.isfinite(tight).all()
+    empty = longctx.late_chunk_local(model, [("", [(0, 0)]), (text, [])], 512, 8)
+    assert empty[0].shape == (1, 384) and empty[1].shape == (0, 384)
+
+
 def test_late_chunk_with_prompt_and_extension(model, long_text):
     with pytest.raises(ValueError, match="extend_positions"):
         longctx.late_chunk_vectors(model, long_text, [(0, 10)], max_tokens=2048)

@@ -35,7 +35,7 @@ from embedpipe.engine.catalog import Catalog, now
 from embedpipe.engine.search import Searcher
 from embedpipe.engine.workspace import Workspace
 from embedpipe.errors import EvalError, NotIndexed
-from embedpipe.results import EvalResult
+from embedpipe.results import EvalResult, best_per_document
 
 KEY = "doc_id"  # qrels name documents; hits are chunks, folded to their documents
 
@@ -130,24 +130,17 @@ def _run(run: dict[str, dict[str, float]], judged: dict[str, Any]) -> list[Any]:
 
 def documents(hits: Sequence[dict[str, Any]], k: int) -> dict[str, float]:
     """The top ``k`` documents of a query's chunk hits, each scored by its best chunk."""
-    best: dict[str, float] = {}
-    for h in hits:
-        doc = str(h.get(KEY) or h.get("chunk_id"))
-        if doc not in best or h["score"] > best[doc]:
-            best[doc] = float(h["score"])
-    return dict(sorted(best.items(), key=lambda kv: kv[1], reverse=True)[:k])
+    best = best_per_document(hits)
+    return {doc: float(h["score"]) for doc, h in list(best.items())[:k]}
 
 
 def _document_marks(
     hits: Sequence[dict[str, Any]], found: dict[str, float]
 ) -> dict[str, tuple[float, float, bool]]:
     """(relevance, score, kept) of each document in ``found``: its best chunk's."""
-    marks: dict[str, tuple[float, float, bool]] = {}
-    for h in hits:
-        doc = str(h.get(KEY) or h.get("chunk_id"))
-        if doc in found and (doc not in marks or float(h["score"]) > marks[doc][1]):
-            marks[doc] = (float(h["relevance"]), float(h["score"]), bool(h["kept"]))
-    return marks
+    best = best_per_document(hits)
+    return {d: (float(best[d]["relevance"]), float(best[d]["score"]), bool(best[d]["kept"]))
+            for d in found}  # fmt: skip
 
 
 def _curve(values: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedpipe.errors import ArtifactError
-from embedpipe.results import Hit
+from embedpipe.results import Hit, best_per_document
 from embedpipe.steps.base import QueryEncoder
 
 if TYPE_CHECKING:  # the filter step's config, read by attribute (no import: no cycle)
@@ -118,13 +118,8 @@ def training_data(
             found[i] = hits
     scores, labels = [], []
     for qid, hits in zip(qids, found, strict=True):
-        best: dict[str, float] = {}
-        for h in hits:
-            doc = str(h["doc_id"])
-            if doc not in best:
-                best[doc] = float(h["score"])  # hits come best first: a document's best chunk
-            if len(best) >= depth:
-                break
+        top = list(best_per_document(hits).items())[:depth]
+        best = {doc: float(h["score"]) for doc, h in top}
         relevant = {d for d, r in qrels[qid].items() if r > 0}
         scores.append(np.fromiter(best.values(), np.float64, len(best)))
         labels.append(np.asarray([d in relevant for d in best], np.float64))

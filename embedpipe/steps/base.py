@@ -12,13 +12,16 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedpipe.results import Event, Hit, Skipped
+
+if TYPE_CHECKING:
+    from embedpipe.artifacts import Artifacts
 
 # A config field marked ``json_schema_extra=SPEED_ONLY`` changes how fast a step runs, never what
 # it writes (batch size, device, ANN probes); one marked ``QUERY_TIME`` changes only how searches
@@ -356,6 +359,17 @@ class Step:
     def query_stages(self) -> list[QueryStage]:
         """Stages this step adds to every search of an index it feeds or reads, in DAG order."""
         return []
+
+    def artifacts(self, workspace: Path | None = None) -> Artifacts:
+        """Where this step keeps its fitted state (a codec, an adapter, an exported model):
+        ``artifacts/<step>/`` of the pipeline's workspace, or of ``workspace``."""
+        from embedpipe.artifacts import Artifacts
+        from embedpipe.errors import ArtifactError
+
+        root = workspace or self.workspace
+        if root is None:
+            raise ArtifactError(f"step '{self.name}' has no workspace to keep its artifacts in")
+        return Artifacts(root, self.name)
 
     def fit(self, ctx: FitContext) -> dict[str, Any]:
         """Fit a new version of the step's state (a trainable step; `pipe fit`) and return

@@ -12,7 +12,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from embedpipe import schemas
-from embedpipe.artifacts import Artifact, Artifacts, key_of
+from embedpipe.artifacts import Artifact, key_of
 from embedpipe.errors import ArtifactError
 from embedpipe.results import Event
 from embedpipe.steps.base import (
@@ -173,16 +173,10 @@ class Compress(Step):
              "input": self._made_by()}
         )  # fmt: skip
 
-    def _store(self, workspace: Path | None = None) -> Artifacts:
-        root = workspace or self.workspace
-        if root is None:
-            raise ArtifactError(f"step '{self.name}' has no workspace to keep its codec in")
-        return Artifacts(root, self.name)
-
     def codec(self, workspace: Path | None = None, *, state: str | None = None) -> Codec:
         """The fitted codec: the version ``state`` names (the artifact id the table's rows
         carry in their ``codec`` column, for queries), else the newest (for a run)."""
-        store = self._store(workspace)
+        store = self.artifacts(workspace)
         key = self.codec_key()
         found = store.latest(key)
         if state and state.startswith(f"{self.name}/"):
@@ -257,14 +251,14 @@ class Compress(Step):
             "run_id": run_id,
         }
         state = {**codec.state, "dims": np.asarray(sample.shape[1])}
-        return self._store(workspace).save(self.codec_key(), state, lineage)
+        return self.artifacts(workspace).save(self.codec_key(), state, lineage)
 
     def fingerprint(self) -> dict[str, str]:
         # A re-fit (`pipe fit`: version 2 on) changes every code, so cached codes of an
         # earlier version are not reused; the first fit, made by the first run, is the default.
         if not CODECS[self.config.method].fitted or self.workspace is None:
             return {}
-        found = self._store().latest(self.codec_key())
+        found = self.artifacts().latest(self.codec_key())
         return {"codec": f"v{found.version}"} if found and found.version > 1 else {}
 
     def setup(self, ctx: StepContext) -> None:
@@ -275,7 +269,7 @@ class Compress(Step):
         # A fitted codec is fitted once, on the whole input of the first run, before any row
         # is coded; later runs (which see only new rows) load it.
         if CODECS[self.config.method].fitted:
-            store, key = self._store(), self.codec_key()
+            store, key = self.artifacts(), self.codec_key()
             found = store.latest(key)
             if found is not None:
                 self._load(found)

@@ -126,6 +126,12 @@ class EncodeConfig(StepConfig):
         "position interpolation, RoPE scaling, attention temperature.",
         json_schema_extra=ADDED,
     )  # fmt: skip
+    late_context: int | None = Field(
+        None, ge=0, le=100_000, description="With pooling: late_chunks, the tokens of its "
+        "document each chunk reads on each side (its own window per chunk, the title in "
+        "front); default: the whole document (in windows of max_tokens).",
+        json_schema_extra=ADDED,
+    )  # fmt: skip
     backend: Literal["auto", "torch", "openvino", "onnx"] = Field(
         "auto", description="What runs the model: torch (sentence-transformers), openvino or "
         "onnx (ONNX Runtime): the model exported once into the workspace's artifacts and "
@@ -156,6 +162,15 @@ class EncodeConfig(StepConfig):
         "chunks carry their document's context; one row per chunk, as before.",
         json_schema_extra=ADDED,
     )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _late_context_needs_late_chunks(self) -> EncodeConfig:
+        if self.late_context is not None and self.pooling != "late_chunks":
+            raise ValueError(
+                "late_context bounds late chunking's context: set pooling: late_chunks, or "
+                "drop late_context"
+            )
+        return self
 
     @model_validator(mode="after")
     def _quantize_needs_export(self) -> EncodeConfig:
@@ -296,11 +311,6 @@ class Encode(Step):
         return key_of({"export": self.made_by(), "model": f"{ref.name}@{ref.revision}",
                        "max_tokens": self.config.max_tokens})  # fmt: skip
 
-    def _exports(self) -> Artifacts:
-        if self.workspace is None:
-            raise ArtifactError(f"step '{self.name}' has no workspace to keep its model in")
-        return Artifacts(self.workspace, self.name)
-
     def _prepare(
         self, sample: list[str] | None, run_id: str = "", *, queries: bool = False
     ) -> None:
@@ -313,7 +323,7 @@ class Encode(Step):
             self._load_export(sample, run_id, queries)
 
     def _load_export(self, sample: list[str] | None, run_id: str, queries: bool) -> None:
-        store, key, made_by = self._exports(), self.export_key(), self.made_by()
+        store, key, made_by = self.artifacts(), self.export_key(), self.made_by()
         found = store.latest(key)
         if found is None:
             if not sample or (queries and self.config.quantize != "none"):
@@ -558,15 +568,27 @@ class Encode(Step):
             table.column("char_end").to_pylist(),
         )
         window = self.config.max_tokens or int(self._model.max_seq_length)
-        found = longctx.late_chunk_many(
-            self._model,
-            docs,
-            window,
-            normalize=self.config.normalize,
-            batch_size=self.per_pass(window),
-            prompt=self.config.prompts.document or None,
-            shared=heads,
-        )
+        if self.config.late_context is not None:
+            found = longctx.late_chunk_local(
+                self._model,
+                docs,
+                window,
+                self.config.late_context,
+                normalize=self.config.normalize,
+                batch_size=self.per_pass(window),
+                prompt=self.config.prompts.document or None,
+                shared=heads,
+            )
+        else:
+            found = longctx.late_chunk_many(
+                self._model,
+                docs,
+                window,
+                normalize=self.config.normalize,
+                batch_size=self.per_pass(window),
+                prompt=self.config.prompts.document or None,
+                shared=heads,
+            )
         out = np.zeros((len(texts), self._dims or 0), np.float32)
         for vectors, indices in zip(found, rows, strict=True):
             out[indices] = vectors

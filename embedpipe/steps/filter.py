@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -28,7 +27,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from embedpipe import schemas
-from embedpipe.artifacts import Artifact, Artifacts, key_of
+from embedpipe.artifacts import Artifact, key_of
 from embedpipe.errors import ArtifactError
 from embedpipe.results import Hit
 from embedpipe.steps import adapter
@@ -46,6 +45,12 @@ from embedpipe.steps.base import (
 )
 
 Family = Literal["linear", "sqrt", "quadratic", "power"]
+
+# The adapter reads the query's vector: something upstream must make query vectors.
+NO_QUERY_ENCODER = (
+    "method cosine_adapter reads each query's vector, but no step upstream encodes queries; "
+    "put an encode step upstream of it (its 'vector' column), or use method: cosine_threshold"
+)
 
 
 class FilterConfig(StepConfig):
@@ -148,14 +153,8 @@ class Filter(Step):
         return key_of({"type": self.type, "version": self.version, "config": identity,
                        "upstream": self._made_by()})  # fmt: skip
 
-    def _store(self, workspace: Path | None = None) -> Artifacts:
-        root = workspace or self.workspace
-        if root is None:
-            raise ArtifactError(f"step '{self.name}' has no workspace to keep its state in")
-        return Artifacts(root, self.name)
-
     def fitted(self) -> Artifact | None:
-        return self._store().latest(self.state_key())
+        return self.artifacts().latest(self.state_key())
 
     def _fit_command(self) -> str:
         spec = self.spec_path or "SPEC"
@@ -172,7 +171,7 @@ class Filter(Step):
             what = "adapter" if c.method == "cosine_adapter" else "threshold"
             raise ArtifactError(
                 f"step '{self.name}' ({c.method}) has no fitted {what} in "
-                f"{self._store().root}; fit one first: {self._fit_command()}"
+                f"{self.artifacts().root}; fit one first: {self._fit_command()}"
                 + (" (or set its threshold in the spec)" if c.method == "cosine_threshold" else "")
             )
         state = found.arrays()
@@ -195,7 +194,7 @@ class Filter(Step):
             )
         encode = self.upstream_query_encoder("vector")
         if encode is None and self.config.method == "cosine_adapter":
-            raise ArtifactError(f"step '{self.name}': no step upstream encodes queries")
+            raise ArtifactError(f"step '{self.name}': {NO_QUERY_ENCODER}")
         data = adapter.training_data(ctx.queries, ctx.qrels, ctx.search, encode, self.config.depth)
         state, report = adapter.fit(self.config, data)
         digest = hashlib.sha256(
@@ -215,7 +214,7 @@ class Filter(Step):
             "metrics": report,
             "run_id": ctx.fit_id,
         }
-        artifact = self._store(ctx.workspace).save(self.state_key(), state, lineage)
+        artifact = self.artifacts(ctx.workspace).save(self.state_key(), state, lineage)
         return {"artifact": artifact.id, "version": artifact.version, **report}
 
 
@@ -261,7 +260,7 @@ class Relevance:
         vectors = None
         if cal.net is not None:
             if self.encode is None:
-                raise ArtifactError(f"step '{self.step.name}': no step upstream encodes queries")
+                raise ArtifactError(f"step '{self.step.name}': {NO_QUERY_ENCODER}")
             vectors = np.asarray(self.encode(list(queries)), np.float64)
         scores = [np.asarray([float(h["score"]) for h in found], np.float64) for found in hits]
         for found, rel in zip(hits, cal.relevance(vectors, scores), strict=True):

@@ -740,6 +740,113 @@ def late_chunk_many(
     return results
 
 
+def late_chunk_local(
+    model: SentenceTransformer,
+    docs: Sequence[tuple[str, Sequence[Span]]],
+    max_tokens: int,
+    context: int,
+    normalize: bool = True,
+    batch_size: int = 8,
+    prompt: str | None = None,
+    shared: Sequence[Span | None] | None = None,
+) -> list[np.ndarray]:
+    """Late chunking with bounded context: each chunk encoded in a window of its own, the
+    chunk's tokens with up to ``context`` tokens of its document on each side (and the shared
+    span, its title, in front when the window does not reach it), then pooled over the
+    chunk's tokens and the title's only, as :func:`late_chunk_many` pools. ``context: 0``
+    reads each chunk alone (plain chunking, title included); a context as long as the
+    document is whole-document late chunking. Windows longer than ``max_tokens`` (specials
+    included) give up context, evenly on both sides, never chunk tokens (a chunk longer than
+    a window is cut, as plain chunking would cut it)."""
+    import torch
+
+    hf = _hf_model(model)
+    tokenizer = model.tokenizer
+    lead, trail = _special_frame(tokenizer)
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else []
+    head = lead + prompt_ids
+    room = max_tokens - len(head) - len(trail)
+    if room < 1:
+        raise ValueError(f"window of {max_tokens} tokens leaves no room for text after specials")
+    if context < 0:
+        raise ValueError(f"context must be at least 0, got {context}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(hf.parameters()).device
+
+    jobs = []  # (doc, chunk, input ids, pooled positions in the input)
+    spans_of = []
+    for d, (text, spans) in enumerate(docs):
+        ids, offsets = _tokenize(tokenizer, text)
+        common = shared[d] if shared else None
+        a, b = _spans_to_tokens(offsets, [common])[0] if common and ids else (0, 0)
+        ranges = _spans_to_tokens(offsets, spans) if ids else [(0, 0)] * len(spans)
+        spans_of.append(len(spans))
+        for c, ((first, stop), span) in enumerate(zip(ranges, spans, strict=True)):
+            if stop <= first and ids:  # no token: the nearest one stands for it
+                first = _nearest_token(offsets, span)
+                stop = first + 1
+            stop = min(stop, first + room)
+            title = list(range(a, b)) if b > a and b <= first else []
+            if room - len(title) < stop - first:  # no room for the title beside the chunk
+                title = []
+            spare = room - len(title) - (stop - first)
+            floor = b if title else 0  # the title is not read twice
+            want_left, want_right = min(context, first - floor), min(context, len(ids) - stop)
+            left = min(want_left, spare // 2)
+            right = min(want_right, spare - left)
+            left = min(want_left, spare - right)
+            lo, hi = first - left, stop + right
+            body = ids[lo:hi]
+            seq = head + [ids[t] for t in title] + body + trail
+            own = [len(head) + i for i in range(len(title))]
+            start = len(head) + len(title)
+            own += [start + t - lo for t in range(first, stop)]
+            if not ids:
+                own = list(range(len(seq)))  # a document with no token: its specials
+            jobs.append((d, c, seq, own))
+    jobs.sort(key=lambda job: -len(job[2]))
+
+    pooled: list[list[Any]] = [[None] * n for n in spans_of]
+    with torch.inference_mode():
+        for k in range(0, len(jobs), batch_size):
+            batch = jobs[k : k + batch_size]
+            width = len(batch[0][2])
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, job in enumerate(batch):
+                input_ids[row, : len(job[2])] = torch.tensor(job[2])
+                mask[row, : len(job[2])] = 1
+            out = hf(input_ids=input_ids.to(device), attention_mask=mask.to(device))
+            states = (out[0] if isinstance(out, tuple) else out.last_hidden_state).float().cpu()
+            for row, (d, c, _, own) in enumerate(batch):
+                pooled[d][c] = states[row, own].mean(dim=0)
+    return _finish(model, pooled, device, normalize)
+
+
+def _finish(model: Any, pooled: list[list[Any]], device: Any, normalize: bool) -> list[np.ndarray]:
+    """Per document, its pooled chunk vectors through the modules after Pooling, L2-normalised
+    when ``normalize``, as float32 arrays."""
+    import torch
+
+    post = _post_pooling_modules(model)
+    results = []
+    for vectors in pooled:
+        if not vectors:
+            results.append(np.zeros((0, _output_dims(model, None)), dtype=np.float32))
+            continue
+        stacked = torch.stack(vectors)
+        if post:
+            features = {"sentence_embedding": stacked.to(device)}
+            with torch.inference_mode():
+                for module in post:
+                    features = module(features)
+            stacked = features["sentence_embedding"].float().cpu()
+        if normalize:
+            stacked = stacked / stacked.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        results.append(stacked.numpy().astype(np.float32, copy=False))
+    return results
+
+
 def _output_dims(model: Any, hidden: int | None) -> int:
     dim_of = getattr(model, "get_embedding_dimension", None) or getattr(
         model, "get_sentence_embedding_dimension", None
