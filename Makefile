@@ -42,7 +42,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP) ## Benchmarks: encode overhead of `pipe run` vs raw sentence-transformers
+bench: $(STAMP) ## Benchmarks: `pipe run` vs raw sentence-transformers, and each encode backend (~45 min)
 	$(BIN)/python bench/encode_overhead.py
 
 bench-incremental: $(STAMP) ## Benchmarks: full vs no-op vs 1%-changed `pipe run` on SciFact (~10 min)

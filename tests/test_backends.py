@@ -180,6 +180,7 @@ def test_gate_refuses_a_broken_quantization(
         backends.gate("onnx/int8", 0.94, 0.88, 0.99, 6, "steps.vectors")
 
 
+@pytest.mark.slow  # CI stays under 20 minutes; `make test-slow` runs it
 def test_a_raised_floor_refuses_a_kept_model(
     basic_spec: Path, write_spec: Callable[..., Path]
 ) -> None:

@@ -468,6 +468,7 @@ def test_killed_while_writing_a_new_tables_first_version(baseline: Path) -> None
     assert rerun.result["lance_version"] == 1 and len(live) == len(rows(baseline))
 
 
+@pytest.mark.slow  # CI stays under 20 minutes; `make test-slow` runs it
 def test_killed_at_a_random_moment(baseline: Path) -> None:
     old = rows(baseline)
     before = set(catalog(baseline))

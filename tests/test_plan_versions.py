@@ -288,6 +288,7 @@ def test_rollback_then_run_catches_up(basic_spec: Path, corpus: Path) -> None:
 # 5. retain: only the newest N versions stay on disk.
 
 
+@pytest.mark.slow  # CI stays under 20 minutes; `make test-slow` runs it
 def test_retain_keeps_the_newest_versions(basic_spec: Path, corpus: Path) -> None:
     pipeline = embedpipe.load(basic_spec, overrides=["steps.index.retain=2"])
     path = table_path(pipeline)
