@@ -332,10 +332,10 @@ def run_backend(
         console.print(f"[bold]backend {name}[/]: pipe run → {workspace}")
         p = run_pipeline(spec, workspace, sets, enc, tmp, f"pipe-run-{name}")
     pipeline = embedpipe.load(spec, overrides=sets, workspace=workspace)
-    made_by, build_s = "torch", 0.0
+    made_by, build_s = "torch (fp32)", 0.0
     for artifact in pipeline.artifacts():
         lineage = next(a for a in _artifacts(workspace) if a.id == artifact["artifact"]).lineage()
-        made_by = lineage.get("made_by", made_by)
+        made_by = f"{lineage.get('made_by', made_by)} ({lineage.get('precision', '?')})"
         build_s = float(lineage.get("build_s", 0)) + float(lineage.get("check_s", 0))
     rows = read_chunks(pipeline, table)
     vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32)
