@@ -705,15 +705,10 @@ def late_chunk_many(
                 first = len(head) + own_start - start
                 tokens[d][own_start:own_end] = states[row, first : first + own_end - own_start]
 
-    results = []
-    post = _post_pooling_modules(model)
+    per_doc: list[list[Any]] = []
     for d, (_, spans) in enumerate(docs):
         ids, offsets = tokenized[d]
         emb = tokens[d]
-        if not spans:
-            dims = _output_dims(model, hidden)
-            results.append(np.zeros((0, dims), dtype=np.float32))
-            continue
         common = shared[d] if shared else None
         a, b = _spans_to_tokens(offsets, [common])[0] if common and ids else (0, 0)
         pooled = []
@@ -727,17 +722,8 @@ def late_chunk_many(
                 pooled.append(own.mean(dim=0))
             else:
                 pooled.append(emb[_nearest_token(offsets, span)])
-        vectors = torch.stack(pooled)
-        if post:
-            features = {"sentence_embedding": vectors.to(device)}
-            with torch.inference_mode():
-                for module in post:
-                    features = module(features)
-            vectors = features["sentence_embedding"].float().cpu()
-        if normalize:
-            vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        results.append(vectors.numpy().astype(np.float32, copy=False))
-    return results
+        per_doc.append(pooled)
+    return _finish(model, per_doc, device, normalize)
 
 
 def late_chunk_local(
