@@ -207,6 +207,7 @@ def test_long_inputs_are_batched_by_length(spec: Path, monkeypatch: pytest.Monke
     np.testing.assert_allclose(grouped, alone, atol=2e-5)
 
 
+@pytest.mark.slow  # CI stays under 20 minutes; `make test-slow` runs it
 def test_late_context_bounds_what_each_chunk_reads(spec: Path) -> None:
     plain = embedpipe.load(spec, overrides=["steps.vectors.backend=torch"])
     assert plain.run().status == "completed"

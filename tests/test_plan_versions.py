@@ -235,6 +235,7 @@ def test_spec_edit_that_changes_no_row_is_a_noop(basic_spec: Path) -> None:
 # 4. Rollback: a new version with an old version's rows; the next run catches up from the caches.
 
 
+@pytest.mark.slow  # CI stays under 20 minutes; `make test-slow` runs it
 def test_rollback_then_run_catches_up(basic_spec: Path, corpus: Path) -> None:
     pipeline = embedpipe.load(basic_spec)
     path = table_path(pipeline)
