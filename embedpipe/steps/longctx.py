@@ -685,15 +685,7 @@ def late_chunk_many(
     with torch.inference_mode():
         for b in range(0, len(jobs), batch_size):
             batch = jobs[b : b + batch_size]
-            width = len(batch[0][4])
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, job in enumerate(batch):
-                input_ids[row, : len(job[4])] = torch.tensor(job[4])
-                mask[row, : len(job[4])] = 1
-            out = hf(input_ids=input_ids.to(device), attention_mask=mask.to(device))
-            states = out[0] if isinstance(out, tuple) else out.last_hidden_state
-            states = states.float().cpu()
+            states = _token_states(hf, [job[4] for job in batch], pad_id, device)
             hidden = states.shape[-1]
             for row, (d, start, own_start, own_end, seq) in enumerate(batch):
                 n = len(tokenized[d][0])
@@ -796,17 +788,25 @@ def late_chunk_local(
     with torch.inference_mode():
         for k in range(0, len(jobs), batch_size):
             batch = jobs[k : k + batch_size]
-            width = len(batch[0][2])
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, job in enumerate(batch):
-                input_ids[row, : len(job[2])] = torch.tensor(job[2])
-                mask[row, : len(job[2])] = 1
-            out = hf(input_ids=input_ids.to(device), attention_mask=mask.to(device))
-            states = (out[0] if isinstance(out, tuple) else out.last_hidden_state).float().cpu()
+            states = _token_states(hf, [job[2] for job in batch], pad_id, device)
             for row, (d, c, _, own) in enumerate(batch):
                 pooled[d][c] = states[row, own].mean(dim=0)
     return _finish(model, pooled, device, normalize)
+
+
+def _token_states(hf: Any, seqs: Sequence[Sequence[int]], pad_id: int, device: Any) -> Any:
+    """The model's last hidden states (float32, on the CPU) for token id sequences, padded
+    to the longest with an attention mask."""
+    import torch
+
+    width = max(len(seq) for seq in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    out = hf(input_ids=input_ids.to(device), attention_mask=mask.to(device))
+    return (out[0] if isinstance(out, tuple) else out.last_hidden_state).float().cpu()
 
 
 def _finish(model: Any, pooled: list[list[Any]], device: Any, normalize: bool) -> list[np.ndarray]:
