@@ -8,12 +8,16 @@ import os
 import shutil
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from embedpipe import _env
+
+T = TypeVar("T")
 
 _env.apply()  # as `pipe` and the runner do (importing embedpipe sets nothing)
 # Per-user state (the exported models shared by workspaces, `pipe ui`'s record) stays in the
@@ -54,6 +58,20 @@ CORPUS = [
         "text": "The Sicilian Defence answers 1.e4 with c5 and leads to sharp, unbalanced games.",
     },
 ]
+
+
+def eventually(check: Callable[[], T], timeout: float = 120.0) -> T:
+    """`check()` once it returns something true, retried until `timeout` s have passed.
+
+    Prefect records task-run states from events, asynchronously and with retries (its SQLite
+    database can be busy): a flow run is COMPLETED before all of its task runs say so. Waiting
+    for that is waiting for a recording, not a timing: the last `check()` is returned as it is,
+    so a state that never arrives fails the test's own assertion.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return value
 
 
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:

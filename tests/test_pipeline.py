@@ -10,7 +10,7 @@ import pytest
 import embedpipe
 from embedpipe.engine.workspace import Workspace
 from embedpipe.errors import EmbedpipeError, SpecError
-from tests.conftest import CORPUS, write_jsonl
+from tests.conftest import CORPUS, eventually, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,11 +74,16 @@ def test_prefect_records_the_flow_run(basic_spec: Path) -> None:
         assert flow_run.state.is_completed()
         assert "pipeline:tiny" in flow_run.tags
         assert flow_run.name == f"tiny-{result.run_id}"
-        tasks = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
-        )
+        runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+
+        def completed() -> list:
+            tasks = client.read_task_runs(flow_run_filter=runs)
+            return tasks if all(t.state.is_completed() for t in tasks) else []
+
+        # Task-run states are recorded from events, a moment after the flow run's own.
+        tasks = eventually(completed) or client.read_task_runs(flow_run_filter=runs)
         assert sorted(t.name for t in tasks) == ["chunks", "docs", "index", "vectors"]
-        assert all(t.state.is_completed() for t in tasks)
+        assert all(t.state.is_completed() for t in tasks), [(t.name, t.state) for t in tasks]
 
 
 def test_bad_rows_are_skipped_with_reasons(basic_spec: Path, corpus: Path) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import BASIC_SPEC, CORPUS, write_jsonl
+from tests.conftest import BASIC_SPEC, CORPUS, eventually, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -167,7 +167,12 @@ def test_run_reports_flow_run_tasks_and_summary(server: Server, first_run: First
     assert [f["id"] for f in found] == [flow_run["id"]]
 
     # One task run per step, named after it, COMPLETED, tagged step:NAME.
-    tasks = server.task_runs(flow_run["id"])
+    # Task-run states are recorded from events, a moment after the flow run's own.
+    def completed() -> dict[str, dict[str, Any]]:
+        tasks = server.task_runs(flow_run["id"])
+        return tasks if all(t["state"]["type"] == "COMPLETED" for t in tasks.values()) else {}
+
+    tasks = eventually(completed) or server.task_runs(flow_run["id"])
     assert sorted(tasks) == sorted(STEPS)
     for name, task in tasks.items():
         assert task["state"]["type"] == "COMPLETED", (name, task["state"])
@@ -239,7 +244,12 @@ def test_failed_run_fails_its_flow_run_with_the_step_error(
     assert flow_run["state"]["type"] == "FAILED"
     message = flow_run["state"]["message"] or ""
     assert first_line in message, f"Prefect's state message lacks the step error: {message!r}"
-    tasks = server.task_runs(flow_run["id"])
+
+    def failed_task() -> dict[str, dict[str, Any]]:
+        tasks = server.task_runs(flow_run["id"])
+        return tasks if any(t["state"]["type"] == "FAILED" for t in tasks.values()) else {}
+
+    tasks = eventually(failed_task) or server.task_runs(flow_run["id"])
     failed = [name for name, t in tasks.items() if t["state"]["type"] == "FAILED"]
     assert failed == [first_line.split("'")[1]], {n: t["state"]["type"] for n, t in tasks.items()}
     [artifact] = server.summaries(flow_run["id"])
