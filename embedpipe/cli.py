@@ -141,6 +141,15 @@ def run(
         bool,
         typer.Option("--strict", help="Fail the run (commit nothing) if any input is skipped."),
     ] = False,
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            "--runner",
+            help="Execute this run on another executor (local, ray, a plugin's); the spec's "
+            "runner keys apply when it names the same one.",
+            metavar="TYPE",
+        ),
+    ] = None,
 ) -> None:
     """Plan SPEC, then run it as one Prefect flow run (one task per step) and commit the index.
 
@@ -151,6 +160,9 @@ def run(
     Example: pipe run pipelines/quickstart.yaml --set steps.chunks.max_tokens=128 --json
     """
     pipeline = _pipeline(spec, sets, workspace)  # before the engine's heavy imports: fail fast
+    if runner and pipeline.dag.spec.spec.runner.type != runner:
+        # Another executor: its defaults, not the keys the spec gave its own.
+        pipeline = _pipeline(spec, [*(sets or []), f"runner={{type: {runner}}}"], workspace)
     from embedpipe.engine.progress import summary
 
     try:

@@ -122,6 +122,11 @@ class PluginError(EmbedpipeError):
     """A registered plugin (step kind or executor) cannot be imported or is not one."""
 
 
+class ExecutorError(EmbedpipeError):
+    """The executor cannot run the step's work: its cluster is unreachable, or a worker died
+    more often than its retries allow (nothing was committed)."""
+
+
 class NoIndex(EmbedpipeError):
     """The pipeline has no step that writes a table, so there is nothing to search."""
 

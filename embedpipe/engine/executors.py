@@ -43,6 +43,12 @@ class Executor:
     def __init__(self, config: ExecutorConfig) -> None:
         self.config = config
 
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this executor cannot run here (a package it needs is missing, with the command
+        that installs it), or None. Checked when a spec names it: a spec error at runner.type."""
+        return None
+
     def run(
         self, step: Step, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext
     ) -> Iterator[Event]:
@@ -63,6 +69,10 @@ class Executor:
         """A row-wise step's events, window by window, in input order."""
         for window in windows:
             yield from step.map(window, ctx)
+
+    def summary(self) -> list[str]:
+        """Markdown lines for the run's summary in Prefect (workers, throughput); [] for none."""
+        return []
 
     def close(self) -> None:
         """Release workers, connections (called once the run is over)."""

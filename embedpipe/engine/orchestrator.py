@@ -195,6 +195,7 @@ def _summary_artifact(dag: Dag, runner: Runner, result: RunResult) -> None:
         cells = [name, dag.steps[name].type, s.status, *map(str, counts), f"{s.seconds:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     version = runner.version
+    extra = runner.executor.summary()  # e.g. the Ray cluster and each worker's throughput
     where = f"where run_id = '{result.run_id}'"
     text = "\n".join(
         [
@@ -204,6 +205,7 @@ def _summary_artifact(dag: Dag, runner: Runner, result: RunResult) -> None:
             "",
             *lines,
             "",
+            *([*extra, ""] if extra else []),
             f"- history: `pipe runs {spec}`",
             f'- step details: `pipe sql {spec} "select * from step_runs {where}"`',
             f'- skipped inputs: `pipe sql {spec} "select step, item, reason from skipped {where}"`',

@@ -292,6 +292,9 @@ def _openvino_runner(folder: Path, precision: str) -> Runner:
     import openvino as ov
 
     config = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:  # a limit torch honours too (a Ray worker's CPUs)
+        config["INFERENCE_NUM_THREADS"] = threads
     if precision == "fp32":
         config["INFERENCE_PRECISION_HINT"] = "f32"
     compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", config)

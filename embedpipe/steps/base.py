@@ -272,6 +272,9 @@ class Step:
     # Whether each output row depends on one input row only. Such a step implements ``map()``
     # over a window of rows, and an executor may run its windows anywhere, in any order.
     row_wise: ClassVar[bool] = False
+    # Rows per window an executor asked for at most (set before ``windows()``); None: the
+    # step's own ``window_rows()``. Windows still keep what the step keeps together.
+    window_limit: int | None = None
     # Whether the step has fitted state that `pipe fit` (re)fits: then it implements ``fit()``.
     trainable: ClassVar[bool] = False
 
@@ -396,12 +399,18 @@ class Step:
 
     def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
         """How a row-wise step's input is cut into ``map()`` calls (an executor may send each
-        window to another worker); default: tables of ``window_rows()`` rows."""
-        return rebatch(iter(rows), self.window_rows())
+        window to another worker); default: tables of ``rows_per_window()`` rows."""
+        return rebatch(iter(rows), self.rows_per_window())
 
     def window_rows(self) -> int:
-        """Rows per ``map()`` call of a row-wise step (default ``windows()``)."""
+        """The step's own rows per ``map()`` call of a row-wise step (default ``windows()``)."""
         return 4096
+
+    def rows_per_window(self) -> int:
+        """Rows per window: the step's own ``window_rows()``, or fewer where the executor
+        asked for at most ``window_limit`` (e.g. ``runner.batch_size``: smaller tasks)."""
+        own = self.window_rows()
+        return min(own, self.window_limit) if self.window_limit else own
 
     def map(self, rows: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
         """A row-wise step's work on one window of input rows (see ``row_wise``)."""

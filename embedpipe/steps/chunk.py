@@ -22,7 +22,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from embedpipe import models, schemas
 from embedpipe.results import Event
-from embedpipe.steps.base import Link, Step, StepConfig, StepContext
+from embedpipe.steps.base import Link, Step, StepConfig, StepContext, rebatch
 
 Span = tuple[int, int]  # character offsets [start, end) in the document text
 
@@ -136,9 +136,10 @@ class Chunk(Step):
     def setup(self, ctx: StepContext) -> None:
         self._tok = models.tokenizer(self.tokenizer_model())
 
-    def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
         # Ingest's batches are already bounded by characters, however long the documents.
-        return (b for b in rows if b.num_rows)  # the tokenizer cannot take an empty list
+        batches = (b for b in rows if b.num_rows)  # the tokenizer cannot take an empty list
+        return rebatch(batches, self.window_limit) if self.window_limit else batches
 
     def map(self, batch: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
         specials = self._tok.num_special_tokens_to_add()

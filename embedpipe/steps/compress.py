@@ -277,7 +277,7 @@ class Compress(Step):
                 assert self.workspace is not None, "setup() runs before windows()"
                 found = self.fit_codec(rows, self.workspace, self._run_id)
                 self._load(found)
-        return rebatch(iter(rows), self.window_rows())
+        return rebatch(iter(rows), self.rows_per_window())
 
     def map(self, rows: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
         vectors = _matrix(rows.column(self.config.column))

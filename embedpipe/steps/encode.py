@@ -219,10 +219,11 @@ class Encode(Step):
             self.cache_whole = "doc_id"  # a chunk's vector depends on its whole document
 
     def __getstate__(self) -> dict[str, Any]:
-        # An executor may send the step to another process: the loaded export (an inference
-        # request, a lock) does not travel; the worker loads it from the workspace.
+        # An executor may send the step to another process: the loaded model and export (an
+        # inference request, a lock) do not travel; the worker loads them in setup() and from
+        # the workspace.
         state = dict(self.__dict__)
-        state.update(_run=None, _building=None)
+        state.update(_model=None, _run=None, _building=None, _last_queries=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -540,7 +541,7 @@ class Encode(Step):
             return super().windows(rows)
         # Late chunking: a window holds whole documents (a chunk's vector depends on its
         # document's other chunks), so windows still map independently, anywhere.
-        return rebatch_documents(rows, self.window_rows())
+        return rebatch_documents(rows, self.rows_per_window())
 
     def _titles(self, table: pa.Table | pa.RecordBatch) -> list[str | None]:
         if self.config.include_title and "title" in table.schema.names:

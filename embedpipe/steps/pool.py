@@ -115,7 +115,7 @@ class Pool(Step):
         return []
 
     def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
-        return rebatch_documents(rows, 4096)
+        return rebatch_documents(rows, self.rows_per_window())
 
     def map(self, rows: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])

@@ -1,0 +1,250 @@
+"""The Ray executor: row-wise steps fan out over a Ray cluster (``runner: {type: ray}``).
+
+    runner: {type: ray, address: auto, num_workers: 2, batch_size: 512}
+
+Everything else stays as the local executor has it: the plan, the step caches, the incremental
+rules, the catalog and the Prefect flow run are the driver's (the process that runs ``pipe
+run``). A row-wise step (chunk, encode, compress, pool, a plugin's) hands its windows to a pool
+of Ray actors; each actor unpickles the step once and loads its model (or the encode backend's
+exported model) once, in ``setup``, then maps window after window. Results come back in input
+order, so the driver's stream (and so the cache, the staged output and the index write) is the
+one the local executor makes: the same chunk ids, the same vectors, one Lance commit per run.
+
+Why actors and not Ray Data's ``map_batches``: the engine streams a step's windows out of its
+incremental plan (only rows that missed the cache), and a window's result is a stream of events
+(record batches, skipped inputs with reasons, counts) that must come back in order. An actor pool
+with a bounded number of windows in flight does exactly that, holds at most ``2 x num_workers``
+windows in memory, and needs no dataset materialised first.
+
+A worker that dies (killed, out of memory, its node lost) is restarted by Ray, which loads the
+model again and runs the window it held once more (``max_retries`` times); its result is taken
+once, so every row arrives once. Ctrl-C on the driver kills the actors: the index step, which
+runs on the driver after them, commits nothing.
+
+The workers read the workspace (an encode backend's exported model, a fitted codec) by its path:
+on a cluster of several machines, put the workspace on a file system that every node mounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from embedpipe.engine.executors import Executor, ExecutorConfig
+from embedpipe.errors import ExecutorError
+from embedpipe.results import Event
+from embedpipe.steps.base import Step, StepContext
+
+EXTRA = "pip install 'embedpipe[ray]'"
+
+
+class RayConfig(ExecutorConfig):
+    """``runner:`` keys of the Ray executor."""
+
+    address: str = Field(
+        "auto",
+        description="auto: the cluster RAY_ADDRESS names or one running on this machine, "
+        "else a local one started for the run; local: always a local one; ray://HOST:PORT "
+        "(Ray Client) or HOST:PORT: that cluster.",
+    )
+    num_workers: int = Field(2, ge=1, description="Ray actors per row-wise step.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Rows per Ray task at most (default: the step's own window)."
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per actor.")
+    max_retries: int = Field(
+        3, ge=0, description="Restarts of a worker that died; its window runs again."
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value in ("auto", "local") or value.startswith("ray://"):
+            return value
+        host, _, port = value.rpartition(":")
+        if host and port.isdigit():
+            return value
+        raise ValueError(
+            f"'{value}' is not a Ray address; use auto, local, ray://HOST:PORT or HOST:PORT"
+        )
+
+
+class _Worker:
+    """One Ray actor: a step, set up once, mapping the windows it is given."""
+
+    def __init__(self, step: Step, ctx: StepContext) -> None:
+        from embedpipe import _env
+
+        _env.apply()  # offline model resolution, quiet libraries: as in `pipe run`
+        self.step, self.ctx = step, ctx
+        self.where = f"{socket.gethostname()}:{os.getpid()}"
+        step.setup(ctx)
+
+    def map(self, window: pa.Table | pa.RecordBatch) -> tuple[list[Event], str, int, float]:
+        started = time.perf_counter()
+        events: list[Event] = []
+        for event in self.step.map(window, self.ctx):
+            events.extend(self.ctx.drain())  # skips join the stream where the local one has them
+            events.append(event)
+        events.extend(self.ctx.drain())
+        return events, self.where, window.num_rows, time.perf_counter() - started
+
+
+class RayExecutor(Executor):
+    """Row-wise steps on a pool of Ray actors; every other step in this process."""
+
+    name = "ray"
+    Config: ClassVar[type[ExecutorConfig]] = RayConfig
+    config: RayConfig
+
+    def __init__(self, config: ExecutorConfig) -> None:
+        super().__init__(config)
+        self._started = False  # this executor started Ray (and so shuts it down)
+        self._actors: list[Any] = []
+        self.cluster: dict[str, Any] = {}
+        # step -> worker -> [rows, seconds, windows]
+        self.throughput: dict[str, dict[str, list[float]]] = {}
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            return f"the ray executor needs Ray, which is not installed: {EXTRA}"
+        return None
+
+    def _connect(self) -> Any:
+        import ray
+
+        if ray.is_initialized():  # a cluster this process joined already (a notebook, a test)
+            return ray
+        quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        address, cpus = self.config.address, self.config.num_workers * self.config.cpus_per_worker
+        try:
+            if address == "auto":
+                try:
+                    ray.init(address="auto", **quiet)
+                except ConnectionError:  # none running: start one for this run
+                    ray.init(num_cpus=max(1, round(cpus)), **quiet)
+            elif address == "local":
+                ray.init(num_cpus=max(1, round(cpus)), **quiet)
+            else:
+                ray.init(address=address, **quiet)
+        except Exception as exc:
+            raise ExecutorError(
+                f"runner.address: cannot reach the Ray cluster at {address}: {exc}; start it "
+                "(`ray start --head`), fix the address, or use address: local"
+            ) from exc
+        self._started = True
+        resources = ray.cluster_resources()
+        self.cluster = {
+            "address": address,
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "cpus": resources.get("CPU", 0),
+        }
+        return ray
+
+    def _workers(self, ray: Any, step: Step, ctx: StepContext) -> list[Any]:
+        # What the worker needs of the context: paths and ids; the store stays here.
+        remote_ctx = replace(ctx, store=None, target=None, pending=[], skip_count=0)
+        # Pickled once, into the object store, for every actor (and its restarts).
+        shared_step, shared_ctx = ray.put(step), ray.put(remote_ctx)
+        cls = ray.remote(_Worker).options(
+            num_cpus=self.config.cpus_per_worker,
+            max_restarts=self.config.max_retries,
+            max_task_retries=self.config.max_retries,
+        )
+        return [cls.remote(shared_step, shared_ctx) for _ in range(self.config.num_workers)]
+
+    def run(
+        self, step: Step, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext
+    ) -> Iterator[Event]:
+        if step.row_wise and self.config.batch_size:
+            step.window_limit = self.config.batch_size  # before the step cuts its windows
+        return super().run(step, inputs, ctx)
+
+    def map_windows(
+        self, step: Step, windows: Iterator[pa.Table | pa.RecordBatch], ctx: StepContext
+    ) -> Iterator[Event]:
+        ray = self._connect()
+        from ray.util import ActorPool
+
+        actors = self._actors = self._workers(ray, step, ctx)
+        pool = ActorPool(actors)
+        seen = self.throughput.setdefault(step.name, defaultdict(lambda: [0.0, 0.0, 0]))
+        in_flight, limit = 0, 2 * len(actors)
+        try:
+            for window in windows:
+                pool.submit(lambda actor, w: actor.map.remote(w), window)
+                in_flight += 1
+                while in_flight >= limit:
+                    yield from self._next(pool, step, seen)
+                    in_flight -= 1
+            while pool.has_next():
+                yield from self._next(pool, step, seen)
+        finally:
+            self._release(ray)
+
+    def _next(self, pool: Any, step: Step, seen: dict[str, list[float]]) -> list[Event]:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            events, where, rows, seconds = pool.get_next()
+        except RayTaskError as exc:  # the step's own error, raised in a worker: as it is
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, Exception) else exc) from None
+        except RayActorError as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExecutorError(
+                f"step '{step.name}': its Ray worker died and was restarted "
+                f"{self.config.max_retries} time(s), then died again ({why}); nothing was "
+                "committed. Raise runner.max_retries, or give the workers more memory"
+            ) from None
+        mark = seen[where]
+        mark[0] += rows
+        mark[1] += seconds
+        mark[2] += 1
+        return events
+
+    def _release(self, ray: Any) -> None:
+        for actor in self._actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        self._actors = []
+
+    def summary(self) -> list[str]:
+        if not self.throughput:
+            return []
+        cluster = self.cluster
+        lines = [
+            f"Ray cluster ({cluster.get('address', '?')}): {cluster.get('nodes', '?')} node(s), "
+            f"{cluster.get('cpus', 0):g} CPUs, {self.config.num_workers} workers per step",
+            "",
+            "| step | worker | windows | rows | rows/s |",
+            "|---|---|--:|--:|--:|",
+        ]
+        for step, workers in self.throughput.items():
+            for where, (rows, seconds, n) in sorted(workers.items()):
+                rate = rows / seconds if seconds else 0.0
+                lines.append(f"| {step} | {where} | {n:.0f} | {rows:.0f} | {rate:.1f} |")
+        return lines
+
+    def close(self) -> None:
+        if not self._started:
+            return
+        import ray
+
+        with contextlib.suppress(Exception):
+            self._release(ray)
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        self._started = False
