@@ -363,6 +363,7 @@ def test_first_run_killed_during_encode_resumes_from_the_cache(first_runs: First
     assert {r["run_id"] for r in live.values()} == {rerun.result["run_id"]}
 
 
+@pytest.mark.slow  # CI stays under 20 minutes; `make test-slow` runs it
 def test_killed_during_index_write_keeps_the_previous_version(baseline: Path) -> None:
     old = rows(baseline)
     before = set(catalog(baseline))

@@ -130,6 +130,7 @@ POOLED = SPEC.replace(
 )
 
 
+@pytest.mark.slow  # CI stays under 20 minutes; `make test-slow` runs it
 def test_pool_documents_and_fused_document_scores(
     tmp_path: Path, write_spec: Callable[..., Path]
 ) -> None:

@@ -191,6 +191,7 @@ def test_runner_settings_are_checked(
     assert "pip install 'embedpipe[ray]'" in text, text
 
 
+@pytest.mark.slow  # CI stays under 20 minutes; `make test-slow` runs it
 def test_pipe_run_runner_flag(cluster: None, basic_spec: Path) -> None:
     """`pipe run SPEC --runner ray`: a local spec runs on Ray (here: joins the test's cluster)."""
     proc = subprocess.run(
