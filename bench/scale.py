@@ -151,8 +151,9 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
     lines = [
         SECTION,
         "",
-        f"{'Smoke run: ' if args.limit else ''}{local.docs:,} documents, {local.chunks:,} "
-        f"chunks; encode on `{args.backend}`, batch 32; Ray windows of {args.ray_batch} rows.",
+        f"{'The first ' if args.limit else 'All '}{local.docs:,} documents of the spec's corpus "
+        f"({local.chunks:,} chunks); encode on `{args.backend}`, batch 32; Ray windows of "
+        f"{args.ray_batch} rows.",
         "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Command: `{command_line(__file__)}`",
