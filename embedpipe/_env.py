@@ -80,3 +80,19 @@ def apply() -> None:
         USER_API_URL = current
     if current is None and (url := ui_url()):
         os.environ["PREFECT_API_URL"] = _SET_API_URL = url
+    if os.environ.get("DO_NOT_TRACK") == "1":
+        _decline_openvino_telemetry()
+
+
+def _decline_openvino_telemetry() -> None:
+    """OpenVINO's converter and NNCF send usage telemetry (Google Analytics, from a forked
+    process: beside Lance's runtime, a deadlock risk) unless a consent file in the user's home
+    says no; they do not read DO_NOT_TRACK. Declining their consent check is their own
+    opt-out, made for this process without writing that file. Must run before openvino is
+    imported (its converter checks at import), as apply() does."""
+    try:
+        from openvino_telemetry.utils import opt_in_checker
+    except ImportError:
+        return
+    declined = opt_in_checker.ConsentCheckResult.DECLINED
+    opt_in_checker.OptInChecker.check = lambda self, *args, **kwargs: declined  # type: ignore[method-assign]

@@ -200,3 +200,17 @@ def test_a_raised_floor_refuses_a_kept_model(
         f.write(json.dumps(extra) + "\n")
     refused = strict.run()
     assert refused.status == "failed" and "min_cosine 0.99999" in (refused.error or "")
+
+
+def test_openvino_sends_no_telemetry() -> None:
+    """OpenVINO's converter and NNCF would send usage telemetry unless a consent file says no;
+    with DO_NOT_TRACK=1 (embedpipe's default) the consent check declines, so nothing is sent
+    (and no process is forked beside Lance to send it)."""
+    from openvino_telemetry import Telemetry
+
+    from embedpipe import _env
+
+    _env.apply()  # conftest applied it already; apply() is safe to call again
+    t = Telemetry(tid="G-TEST", app_name="embedpipe-test", app_version="0", backend="ga4",
+                  enable_opt_in_dialog=False)  # fmt: skip
+    assert t.consent is False

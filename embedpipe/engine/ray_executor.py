@@ -28,9 +28,11 @@ on a cluster of several machines, put the workspace on a file system that every 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -76,6 +78,22 @@ class RayConfig(ExecutorConfig):
         raise ValueError(
             f"'{value}' is not a Ray address; use auto, local, ray://HOST:PORT or HOST:PORT"
         )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Ray's start-up notices (e.g. that token authentication is on) and the Lance and LanceDB
+    warnings about fork (Ray starts its processes with fork and exec) are not the user's
+    business; errors still surface as exceptions."""
+    log = logging.getLogger("ray")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*(lance|lancedb).*fork")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 class _Worker:
@@ -125,8 +143,21 @@ class RayExecutor(Executor):
     def _connect(self) -> Any:
         import ray
 
-        if ray.is_initialized():  # a cluster this process joined already (a notebook, a test)
-            return ray
+        # A process that joined a cluster already (a notebook, a test) keeps using it.
+        if not ray.is_initialized():
+            with _quiet():
+                self._init(ray)
+            self._started = True
+        if not self.cluster:
+            resources = ray.cluster_resources()
+            self.cluster = {
+                "address": self.config.address if self._started else "this process's",
+                "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+                "cpus": resources.get("CPU", 0),
+            }
+        return ray
+
+    def _init(self, ray: Any) -> None:
         quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         address, cpus = self.config.address, self.config.num_workers * self.config.cpus_per_worker
         try:
@@ -144,26 +175,19 @@ class RayExecutor(Executor):
                 f"runner.address: cannot reach the Ray cluster at {address}: {exc}; start it "
                 "(`ray start --head`), fix the address, or use address: local"
             ) from exc
-        self._started = True
-        resources = ray.cluster_resources()
-        self.cluster = {
-            "address": address,
-            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
-            "cpus": resources.get("CPU", 0),
-        }
-        return ray
 
     def _workers(self, ray: Any, step: Step, ctx: StepContext) -> list[Any]:
         # What the worker needs of the context: paths and ids; the store stays here.
         remote_ctx = replace(ctx, store=None, target=None, pending=[], skip_count=0)
-        # Pickled once, into the object store, for every actor (and its restarts).
-        shared_step, shared_ctx = ray.put(step), ray.put(remote_ctx)
+        # Passed by value: a step travels without its model (a few KB), so Ray keeps it in
+        # each actor's creation task, which a restart runs again.
         cls = ray.remote(_Worker).options(
             num_cpus=self.config.cpus_per_worker,
             max_restarts=self.config.max_retries,
             max_task_retries=self.config.max_retries,
         )
-        return [cls.remote(shared_step, shared_ctx) for _ in range(self.config.num_workers)]
+        with _quiet():
+            return [cls.remote(step, remote_ctx) for _ in range(self.config.num_workers)]
 
     def run(
         self, step: Step, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext

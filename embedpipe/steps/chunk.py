@@ -136,6 +136,13 @@ class Chunk(Step):
     def setup(self, ctx: StepContext) -> None:
         self._tok = models.tokenizer(self.tokenizer_model())
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to another process (an executor's worker; every step of the DAG travels with
+        # its links), the tokenizer stays here: the worker's setup() loads its own.
+        state = dict(self.__dict__)
+        state.pop("_tok", None)
+        return state
+
     def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
         # Ingest's batches are already bounded by characters, however long the documents.
         batches = (b for b in rows if b.num_rows)  # the tokenizer cannot take an empty list
