@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 import embedpipe
+from embedpipe.engine.workspace import Workspace
 from embedpipe.errors import SpecError, UsageError
-from tests.conftest import CORPUS, write_jsonl
+from tests.conftest import CORPUS, eventually, write_jsonl
 
 ray = pytest.importorskip("ray")
 
@@ -214,3 +215,37 @@ def test_pipe_run_runner_flag(cluster: None, basic_spec: Path) -> None:
     assert out["status"] == "completed" and out["steps"]["vectors"]["computed"] == 6
     rows = embedpipe.load(basic_spec).sql("select count(distinct chunk_id) as n from tiny")
     assert rows == [{"n": 6}]
+
+
+@pytest.mark.slow  # CI stays under 20 minutes; `make test-slow` runs it
+def test_ctrl_c_on_ray_commits_nothing_and_stops_the_workers(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    """SIGINT to `pipe run` mid-encode on Ray: exit 130, no Lance version, the run recorded
+    failed, and no worker left running."""
+    write_jsonl(tmp_path / "corpus.jsonl", documents(300))
+    spec = write_spec(SPEC.replace("batch_size: 8}", "batch_size: 8, address: local}", 1))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedpipe.cli", "run", str(spec)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = ""
+    for line in proc.stderr:  # no terminal: a plain line per step
+        seen += line
+        if line.startswith("vectors: running"):
+            break
+
+    def workers() -> list[psutil.Process]:
+        procs = psutil.process_iter(["cmdline"])
+        return [p for p in procs if (p.info["cmdline"] or [""])[0].startswith("ray::_Worker")]
+
+    assert eventually(workers, timeout=60), seen
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert eventually(lambda: not workers(), timeout=30), "Ray workers outlived the run"
+    pipe = embedpipe.load(spec)
+    assert [r["status"] for r in pipe.sql("select status from runs")] == ["failed"]
+    assert Workspace(pipe.workspace).tables() == []  # nothing committed

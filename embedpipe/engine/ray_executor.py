@@ -28,6 +28,7 @@ on a cluster of several machines, put the workspace on a file system that every 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -199,6 +200,9 @@ class RayExecutor(Executor):
     def map_windows(
         self, step: Step, windows: Iterator[pa.Table | pa.RecordBatch], ctx: StepContext
     ) -> Iterator[Event]:
+        first = next(windows, None)
+        if first is None:  # nothing to map: no cluster, no model loads
+            return
         ray = self._connect()
         from ray.util import ActorPool
 
@@ -207,7 +211,7 @@ class RayExecutor(Executor):
         seen = self.throughput.setdefault(step.name, defaultdict(lambda: [0.0, 0.0, 0]))
         in_flight, limit = 0, 2 * len(actors)
         try:
-            for window in windows:
+            for window in itertools.chain([first], windows):
                 pool.submit(lambda actor, w: actor.map.remote(w), window)
                 in_flight += 1
                 while in_flight >= limit:
