@@ -159,10 +159,10 @@ def run(
 
     Example: pipe run pipelines/quickstart.yaml --set steps.chunks.max_tokens=128 --json
     """
+    if runner and _pipeline(spec, None, workspace).dag.spec.spec.runner.type != runner:
+        # Another executor: its defaults, not the keys the spec gave its own; then --set.
+        sets = [f"runner={{type: {runner}}}", *(sets or [])]
     pipeline = _pipeline(spec, sets, workspace)  # before the engine's heavy imports: fail fast
-    if runner and pipeline.dag.spec.spec.runner.type != runner:
-        # Another executor: its defaults, not the keys the spec gave its own.
-        pipeline = _pipeline(spec, [*(sets or []), f"runner={{type: {runner}}}"], workspace)
     from embedpipe.engine.progress import summary
 
     try:

@@ -137,9 +137,25 @@ def build(spec: Spec, *, preflight: bool = False) -> Dag:
             targets[name] = target
     _check_tables(spec, steps, targets, issues)
     _check_stages(spec, steps, targets, written, issues)
+    if preflight:
+        _check_runner(spec, issues)
     if issues:
         raise SpecError(issues)
     return Dag(spec, steps, order, written, targets)
+
+
+def _check_runner(spec: Spec, issues: list[SpecIssue]) -> None:
+    """The executor can run here (e.g. the package it needs is installed): checked with the
+    outside world, so that a spec made for a cluster still loads for search and SQL."""
+    kind = spec.spec.runner.type
+    if kind == "local":
+        return
+    try:
+        problem = getattr(registry.executor_class(kind), "unavailable", lambda: None)()
+    except Exception as exc:  # a plugin that fails to import
+        problem = str(exc)
+    if problem:
+        issues.append(spec.issue(("runner", "type"), f"runner.type: {problem}"))
 
 
 def _check_tables(

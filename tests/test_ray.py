@@ -185,8 +185,9 @@ def test_runner_settings_are_checked(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
     )
+    assert embedpipe.load(spec).sql("select 1 as one") == [{"one": 1}]  # loads; SQL works
     with pytest.raises(SpecError) as caught:
-        embedpipe.load(spec)
+        embedpipe.load(spec).run()  # a run (and `pipe validate`) checks it first
     text = str(caught.value)
     assert "spec.yaml:3:" in text and "runner.type" in text, text
     assert "pip install 'embedpipe[ray]'" in text, text

@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import socket
 import time
 import warnings
@@ -95,6 +96,13 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         log.setLevel(level)
+
+
+def _last_error(text: str) -> str:
+    """The last ``SomeError: message`` line of a remote traceback (else its last line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b.*:", line)]
+    return (found or lines or ["unknown error"])[-1]
 
 
 class _Worker:
@@ -166,9 +174,9 @@ class RayExecutor(Executor):
                 try:
                     ray.init(address="auto", **quiet)
                 except ConnectionError:  # none running: start one for this run
-                    ray.init(num_cpus=max(1, round(cpus)), **quiet)
-            elif address == "local":
-                ray.init(num_cpus=max(1, round(cpus)), **quiet)
+                    ray.init(address="local", num_cpus=max(1, round(cpus)), **quiet)
+            elif address == "local":  # a new one, whatever RAY_ADDRESS says
+                ray.init(address="local", num_cpus=max(1, round(cpus)), **quiet)
             else:
                 ray.init(address=address, **quiet)
         except Exception as exc:
@@ -206,7 +214,8 @@ class RayExecutor(Executor):
         ray = self._connect()
         from ray.util import ActorPool
 
-        actors = self._actors = self._workers(ray, step, ctx)
+        actors = self._workers(ray, step, ctx)
+        self._actors.extend(actors)
         pool = ActorPool(actors)
         seen = self.throughput.setdefault(step.name, defaultdict(lambda: [0.0, 0.0, 0]))
         in_flight, limit = 0, 2 * len(actors)
@@ -219,8 +228,8 @@ class RayExecutor(Executor):
                     in_flight -= 1
             while pool.has_next():
                 yield from self._next(pool, step, seen)
-        finally:
-            self._release(ray)
+        finally:  # the step's workers, whether it ended, failed or was interrupted
+            self._release(ray, actors)
 
     def _next(self, pool: Any, step: Step, seen: dict[str, list[float]]) -> list[Event]:
         from ray.exceptions import RayActorError, RayTaskError
@@ -231,7 +240,14 @@ class RayExecutor(Executor):
             cause = getattr(exc, "cause", None)
             raise (cause if isinstance(cause, Exception) else exc) from None
         except RayActorError as exc:
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = str(exc)
+            if "creation task" in text:  # setup() failed in the worker: say why, not "memory"
+                raise ExecutorError(
+                    f"step '{step.name}': a Ray worker could not set the step up: "
+                    f"{_last_error(text)} (is embedpipe, with the model, installed on every "
+                    "node, and the workspace mounted at the same path?)"
+                ) from None
+            why = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
             raise ExecutorError(
                 f"step '{step.name}': its Ray worker died and was restarted "
                 f"{self.config.max_retries} time(s), then died again ({why}); nothing was "
@@ -243,11 +259,11 @@ class RayExecutor(Executor):
         mark[2] += 1
         return events
 
-    def _release(self, ray: Any) -> None:
-        for actor in self._actors:
+    def _release(self, ray: Any, actors: list[Any]) -> None:
+        for actor in actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
-        self._actors = []
+        self._actors = [a for a in self._actors if all(a is not b for b in actors)]
 
     def summary(self) -> list[str]:
         if not self.throughput:
@@ -267,12 +283,13 @@ class RayExecutor(Executor):
         return lines
 
     def close(self) -> None:
-        if not self._started:
+        if not (self._started or self._actors):
             return
         import ray
 
-        with contextlib.suppress(Exception):
-            self._release(ray)
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        self._started = False
+        with contextlib.suppress(Exception):  # any a step left (its generator never finished)
+            self._release(ray, list(self._actors))
+        if self._started:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            self._started = False

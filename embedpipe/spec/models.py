@@ -64,14 +64,6 @@ class RunnerSpec(BaseModel):
         if value not in installed:
             hint = registry.suggest(value, sorted(installed), "executors")
             raise ValueError(f"unknown executor '{value}'{hint}")
-        if value != "local":  # e.g. a package the executor needs is not installed
-            try:
-                cls = registry.executor_class(value)
-            except Exception as exc:  # a plugin that fails to import
-                raise ValueError(str(exc)) from None
-            problem = getattr(cls, "unavailable", lambda: None)()
-            if problem:
-                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

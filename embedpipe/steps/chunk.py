@@ -22,7 +22,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from embedpipe import models, schemas
 from embedpipe.results import Event
-from embedpipe.steps.base import Link, Step, StepConfig, StepContext, rebatch
+from embedpipe.steps.base import Link, Step, StepConfig, StepContext
 
 Span = tuple[int, int]  # character offsets [start, end) in the document text
 
@@ -146,7 +146,11 @@ class Chunk(Step):
     def windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
         # Ingest's batches are already bounded by characters, however long the documents.
         batches = (b for b in rows if b.num_rows)  # the tokenizer cannot take an empty list
-        return rebatch(batches, self.window_limit) if self.window_limit else batches
+        limit = self.window_limit
+        if not limit:
+            return batches
+        # An executor's cap splits a batch, never joins them (a batch is bounded by characters).
+        return (b.slice(i, limit) for b in batches for i in range(0, b.num_rows, limit))
 
     def map(self, batch: pa.Table | pa.RecordBatch, ctx: StepContext) -> Iterator[Event]:
         specials = self._tok.num_special_tokens_to_add()

@@ -529,11 +529,17 @@ class Encode(Step):
     ) -> Iterator[pa.Table | pa.RecordBatch]:
         """The exported model is loaded (or built, and checked on the first window's texts)
         before any window is handed out: a refused model indexes nothing."""
-        first = next(source, None)
-        if first is None:
+        held: list[pa.Table | pa.RecordBatch] = []
+        texts: list[str] = []
+        for window in source:  # the sample is the same however small the windows are
+            held.append(window)
+            texts += self._texts(window)
+            if len(texts) >= backends.GATE_SAMPLE:
+                break
+        if not held:
             return
-        self._prepare(self._texts(first)[: backends.GATE_SAMPLE], self._run_id)
-        yield first
+        self._prepare(texts[: backends.GATE_SAMPLE], self._run_id)
+        yield from held
         yield from source
 
     def _windows(self, rows: Iterable[pa.RecordBatch]) -> Iterator[pa.Table | pa.RecordBatch]:
