@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +29,7 @@ from pydantic import Field
 from embedpipe import schemas
 from embedpipe.artifacts import Artifact, key_of
 from embedpipe.errors import ArtifactError
-from embedpipe.results import Hit
+from embedpipe.results import Event, Hit
 from embedpipe.steps import adapter
 from embedpipe.steps.adapter import Adapter
 from embedpipe.steps.base import (
@@ -113,7 +113,8 @@ class Filter(Step):
     Config = FilterConfig
     config: FilterConfig
     reads = pa.schema([schemas.CHUNKS.field("chunk_id"), schemas.CHUNKS.field("doc_id")])
-    row_wise = True  # it maps nothing: the step acts at query time
+    # Not row-wise: it maps nothing (it acts at query time), so no executor ships its input
+    # (the vectors) to workers only to get nothing back.
     trainable = True
 
     def output_schema(self, inputs: list[Link]) -> pa.Schema:
@@ -134,8 +135,10 @@ class Filter(Step):
                              "raw score); drop family or use method: cosine_adapter"))  # fmt: skip
         return problems
 
-    def map(self, rows: pa.Table | pa.RecordBatch, ctx: StepContext) -> Any:
-        return iter(())  # nothing at index time
+    def run(self, inputs: list[Iterable[pa.RecordBatch]], ctx: StepContext) -> Iterator[Event]:
+        for _ in inputs[0]:  # read, as before, and nothing written at index time
+            pass
+        yield from ()
 
     # -- the fitted state ---------------------------------------------------------------------
     def _made_by(self) -> list[dict[str, Any]]:
