@@ -34,6 +34,7 @@ from encode_overhead import (  # bench/ is on sys.path when this runs as a scrip
     SPEC,
     BenchError,
     PipeRun,
+    _version,
     command_line,
     encode_settings,
     limited_corpus,
@@ -184,15 +185,6 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
     if not args.no_write:
         write_section(args.results, body, SECTION)
         print(f"wrote {args.results}")
-
-
-def _version(package: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
 
 
 def main() -> None:

@@ -250,8 +250,8 @@ class RayExecutor(Executor):
             why = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
             raise ExecutorError(
                 f"step '{step.name}': its Ray worker died and was restarted "
-                f"{self.config.max_retries} time(s), then died again ({why}); nothing was "
-                "committed. Raise runner.max_retries, or give the workers more memory"
+                f"{self.config.max_retries} time(s), then died again ({why}), so nothing was "
+                "committed: raise runner.max_retries, or give the workers more memory"
             ) from None
         mark = seen[where]
         mark[0] += rows
@@ -268,10 +268,10 @@ class RayExecutor(Executor):
     def summary(self) -> list[str]:
         if not self.throughput:
             return []
-        cluster = self.cluster
+        cluster = self.cluster  # set by _connect() before any window was mapped
         lines = [
-            f"Ray cluster ({cluster.get('address', '?')}): {cluster.get('nodes', '?')} node(s), "
-            f"{cluster.get('cpus', 0):g} CPUs, {self.config.num_workers} workers per step",
+            f"Ray cluster ({cluster['address']}): {cluster['nodes']} node(s), "
+            f"{cluster['cpus']:g} CPUs, {self.config.num_workers} workers per step",
             "",
             "| step | worker | windows | rows | rows/s |",
             "|---|---|--:|--:|--:|",
