@@ -78,11 +78,18 @@ class Server:
         return {t["name"]: t for t in runs}
 
     def summaries(self, flow_run_id: str) -> list[dict[str, Any]]:
-        """The markdown artifacts of a flow run (a failed one also has a result artifact)."""
+        """The markdown artifacts of a flow run (a failed one also has a result artifact).
+
+        Prefect's client retries a POST that timed out (httpx.ReadTimeout), and a server whose
+        SQLite is locked can time out after it stored the artifact: the same artifact, key and
+        text, may then be stored twice. Those copies count once; different texts all count."""
         body = {
             "artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "type": {"any_": ["markdown"]}}
         }
-        return self.post("/artifacts/filter", body)
+        unique: dict[tuple[str, str], dict[str, Any]] = {}
+        for artifact in self.post("/artifacts/filter", body):
+            unique.setdefault((str(artifact["key"]), str(artifact["data"])), artifact)
+        return list(unique.values())
 
 
 def free_port() -> int:
