@@ -92,6 +92,7 @@ STRATEGIES = [
     Strategy("rp-2048", "recurrent positions to 2,048", pi(2048, "recurrent")),
     Strategy("pi-4096", "PI (linear) to 4,096 tokens", pi(4096)),
     Strategy("pi-4096-auto", "PI to 4,096, temperature auto (τ 0.85)", pi(4096, tau="auto")),
+    Strategy("pi-8192", "PI (linear) to 8,192 tokens", pi(8192)),
     Strategy("chunk-240-max", "240-token chunks, a document scores its best chunk", CHUNKS),
     Strategy(
         "chunk-240-mean",
@@ -114,6 +115,11 @@ STRATEGIES = [
         "late chunks fused with the mean of the document's late chunks",
         [*CHUNKS, *LATE, *FUSED],
         WEIGHTS,
+    ),
+    Strategy(
+        "late-240-c16",
+        "late chunking, bounded: each 240-token chunk reads 16 tokens on each side",
+        [*CHUNKS, *LATE, "steps.vectors.late_context=16"],
     ),
     Strategy(
         "late-240-pi-2048",
