@@ -52,7 +52,7 @@ def documents(n: int) -> list[dict[str, str]]:
 SPEC = """
 name: scaled
 workspace: ws
-runner: {type: ray, num_workers: 2, batch_size: 8}
+runner: {type: ray, num_workers: 2, batch_size: 8, fragment_rows: 16}
 steps:
   docs: {type: ingest, source: corpus.jsonl, format: beir}
   chunks: {type: chunk, input: docs, strategy: tokens, max_tokens: 32, overlap: 4}
@@ -112,9 +112,14 @@ def test_ray_gives_the_local_rows_and_runs_incrementally(
     assert ids == want_ids and len(set(ids)) == len(ids) > 40  # every chunk once
     np.testing.assert_allclose(vectors, want, atol=1e-6)
     assert first.steps["vectors"].computed == len(ids)
+    # The index rows were written as fragments by Ray tasks, 16 rows each, one commit.
+    table = Workspace(tmp_path / "ws").connect().open_table("scaled").to_lance()
+    sizes = [f.count_rows() for f in table.get_fragments()]
+    assert sizes == [16] * (len(ids) // 16) + ([len(ids) % 16] if len(ids) % 16 else [])
     # The run's summary in Prefect names the cluster and each worker's throughput.
     summary = prefect_summary(first.flow_run_id)
     assert "Ray cluster" in summary and "| vectors | " in summary and "rows/s" in summary
+    assert "| write scaled | " in summary
 
     # An incremental run on Ray: one document edited, one added, one gone.
     docs[7] = {**docs[7], "text": "An entirely new abstract about coral reef bleaching."}
@@ -131,6 +136,12 @@ def test_ray_gives_the_local_rows_and_runs_incrementally(
     assert ids == want_ids and len(set(ids)) == len(ids)
     np.testing.assert_allclose(vectors, want, atol=1e-6)
     assert on_ray.search("coral reef bleaching", 1)[0]["doc_id"] == "doc7"
+    # The new rows are new fragments; the old rows of the edited and deleted documents are
+    # marked deleted in theirs; unchanged rows still name the run that wrote them.
+    table = Workspace(tmp_path / "ws").connect().open_table("scaled").to_lance()
+    assert table.count_rows() == len(ids) and len(table.get_fragments()) > len(sizes)
+    runs = on_ray.sql("select run_id, count(*) as n from scaled group by run_id order by n")
+    assert [r["run_id"] for r in runs] == [second.run_id, first.run_id]
 
 
 def test_a_worker_killed_mid_encode_is_replaced(

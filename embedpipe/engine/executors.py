@@ -6,6 +6,10 @@ process. A step that declares ``row_wise`` exposes its work as ``map()`` over wi
 input (``windows()``), so an executor may run those windows elsewhere, in parallel, and only
 has to return each window's events in input order; any other step runs whole, here.
 
+An executor may also write index tables' new rows as Lance fragments on its workers
+(``fragment_writer()``); the store then commits those fragments in one new table version, as it
+commits its own writes. ``local`` writes them here.
+
 Executors register through the ``embedpipe.executors`` entry-point group, like steps::
 
     [project.entry-points."embedpipe.executors"]
@@ -15,7 +19,7 @@ Executors register through the ``embedpipe.executors`` entry-point group, like s
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -24,6 +28,25 @@ from embedpipe import registry
 from embedpipe.errors import PluginError, UsageError
 from embedpipe.results import Event
 from embedpipe.steps.base import Step, StepContext
+
+
+class FragmentWriter(Protocol):
+    """Writes rows as Lance fragments of the dataset at ``uri``, possibly in parallel, and
+    returns their metadata in input order, uncommitted (``lance.fragment.FragmentMetadata``).
+    ``mode`` is ``create`` for a new table, ``overwrite`` for one whose rows all change
+    (both: fresh field ids), ``append`` for rows added to ``uri``'s current schema;
+    ``label`` names the table in progress reports."""
+
+    def __call__(
+        self,
+        uri: str,
+        batches: Iterator[pa.RecordBatch],
+        schema: pa.Schema,
+        *,
+        mode: str,
+        storage_version: str | None,
+        label: str,
+    ) -> list[Any]: ...
 
 
 class ExecutorConfig(BaseModel):
@@ -69,6 +92,11 @@ class Executor:
         """A row-wise step's events, window by window, in input order."""
         for window in windows:
             yield from step.map(window, ctx)
+
+    def fragment_writer(self) -> FragmentWriter | None:
+        """How an index step's new rows become Lance fragments elsewhere (the workers), for
+        the store to commit in one version; None: the store writes them in this process."""
+        return None
 
     def summary(self) -> list[str]:
         """Markdown lines for the run's summary in Prefect (workers, throughput); [] for none."""

@@ -6,6 +6,11 @@ A write makes the table hold exactly those rows in one commit (upsert by key, de
 key vanished), or in none when no row changed; the diff compares each row's ``row_hash``, a
 digest of every column but the lineage ones.
 
+Where the run's executor writes fragments on its workers (``Executor.fragment_writer()``,
+e.g. Ray), a new or replaced table and the rows an incremental run adds are written there as
+Lance fragments, and this process commits them with the deletions in one version (Lance's
+distributed write: fragments written anywhere, one ``Overwrite`` or ``Update`` commit).
+
 Keys and hashes are compared as Arrow arrays (no Python set or string per row), so memory
 grows with the bytes of the keys, never with Python object overhead.
 """
@@ -17,11 +22,13 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from typing import Any
 
+import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.index import HnswSq, IvfFlat, IvfPq
 
 from embedpipe.engine.crash import crash_point
+from embedpipe.engine.executors import FragmentWriter
 from embedpipe.engine.workspace import LEAN_SCAN, Workspace
 from embedpipe.errors import NoRows
 from embedpipe.schemas import hash_rows
@@ -60,9 +67,10 @@ def conform(batch: pa.RecordBatch, target: IndexTarget) -> pa.RecordBatch:
 class LanceStore:
     """Writes index steps' rows: one commit per run (upsert by key + delete vanished)."""
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, fragments: FragmentWriter | None = None) -> None:
         self.ws = workspace
         self.db = workspace.connect()
+        self.fragments = fragments  # the executor's workers write fragments; None: here
 
     def write(self, target: IndexTarget, batches: Rows) -> dict[str, int]:
         with self.ws.reading(target.table):
@@ -78,7 +86,10 @@ class LanceStore:
             raise NoRows(table, self.ws.spec)
         changed = True
         if not self.ws.table_exists(table):
-            tbl = self.db.create_table(table, _reader(first, it))
+            if self.fragments is not None:
+                tbl = self._replace(table, first, it, read_version=None)
+            else:
+                tbl = self.db.create_table(table, _reader(first, it))
             n = tbl.count_rows()
             stats = {"computed": n, "new": n, "changed": 0, "deleted": 0}
         else:
@@ -89,10 +100,16 @@ class LanceStore:
                 # A new model, dimension or row layout: replace the rows in one commit.
                 again = batches()
                 head = next(again)
-                tbl = self.db.create_table(table, _reader(head, again), mode="overwrite")
+                if self.fragments is not None:
+                    tbl = self._replace(table, head, again, read_version=tbl.version)
+                else:
+                    tbl = self.db.create_table(table, _reader(head, again), mode="overwrite")
             else:
                 changed = bool(stats["computed"] or stats["deleted"])
-                if changed:
+                named = stats["changed"] + stats["deleted"] <= _MAX_NAMED_DELETES
+                if changed and self.fragments is not None and named:
+                    tbl = self._update(tbl, target, batches, stats)
+                elif changed:
                     self._merge(tbl, target, batches, stats)
         if changed:
             crash_point("index-commit")
@@ -107,6 +124,64 @@ class LanceStore:
         if changed or built:
             return {**out, "version": tbl.version, "commits": 1}
         return {**out, "commits": 0}
+
+    def _replace(
+        self,
+        table: str,
+        first: pa.RecordBatch,
+        rest: Iterator[pa.RecordBatch],
+        *,
+        read_version: int | None,
+    ) -> Any:
+        """A new table, or every row of one replaced: the executor's workers write the rows as
+        fragments, and one ``Overwrite`` commit makes them the table's next version."""
+        assert self.fragments is not None
+        uri = str(self.ws.table_path(table))
+        schema = first.schema
+        rows = _crashing(chain([first], rest))
+        mode = "create" if read_version is None else "overwrite"  # fresh field ids, both
+        new = self.fragments(uri, rows, schema, mode=mode, storage_version=None, label=table)
+        operation = lance.LanceOperation.Overwrite(schema, new)
+        lance.LanceDataset.commit(uri, operation, read_version=read_version)
+        return self.db.open_table(table)
+
+    def _update(self, tbl: Any, target: IndexTarget, batches: Rows, stats: dict[str, Any]) -> Any:
+        """``_merge`` with the new and changed rows written as fragments by the executor's
+        workers: the rows of changed and vanished keys get deletion files here, and one
+        ``Update`` commit swaps them for the new fragments."""
+        assert self.fragments is not None
+        key, table = target.key, target.table
+        uri = str(self.ws.table_path(table))
+        ds = tbl.to_lance()
+        todo, gone = stats.pop("todo"), stats.pop("gone")
+        rows = (b.filter(pc.is_in(b.column(key), value_set=todo)) for b in batches())
+        head = next((b for b in rows if b.num_rows), None)
+        new: list[Any] = []
+        if head is not None:
+            rest = (b for b in rows if b.num_rows)
+            new = self.fragments(
+                uri,
+                _crashing(chain([head], rest)),
+                head.schema,
+                mode="append",
+                storage_version=ds.data_storage_version,
+                label=table,
+            )
+        removed, updated = [], []
+        doomed = pa.concat_arrays([todo.slice(stats["new"]), gone])  # changed keys, then gone
+        if len(doomed):
+            where = _in_list(key, doomed)
+            for fragment in ds.get_fragments():
+                after = fragment.delete(where)  # a deletion file, not yet part of any version
+                if after is None:
+                    removed.append(fragment.fragment_id)
+                elif after != fragment.metadata:
+                    updated.append(after)
+        operation = lance.LanceOperation.Update(
+            removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new
+        )
+        lance.LanceDataset.commit(uri, operation, read_version=ds.version)
+        return self.db.open_table(table)
 
     def _merge(self, tbl: Any, target: IndexTarget, batches: Rows, stats: dict[str, Any]) -> None:
         """Upsert the new and changed rows and delete the vanished ones, in one commit. Only

@@ -16,6 +16,12 @@ incremental plan (only rows that missed the cache), and a window's result is a s
 with a bounded number of windows in flight does exactly that, holds at most ``2 x num_workers``
 windows in memory, and needs no dataset materialised first.
 
+An index step's rows are written the same way: the driver cuts them into pieces of
+``fragment_rows`` rows, Ray tasks write each piece as a Lance fragment of the table (in
+parallel, straight to the table's storage), and the driver commits the fragments, with the
+deletions an incremental run makes, as one new table version (``engine/lance.py``). A run that
+fails or is interrupted before that commit leaves the table as it was.
+
 A worker that dies (killed, out of memory, its node lost) is restarted by Ray, which loads the
 model again and runs the window it held once more (``max_retries`` times); its result is taken
 once, so every row arrives once. Ctrl-C on the driver kills the actors: the index step, which
@@ -35,7 +41,7 @@ import re
 import socket
 import time
 import warnings
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -43,7 +49,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from embedpipe.engine.executors import Executor, ExecutorConfig
+from embedpipe.engine.executors import Executor, ExecutorConfig, FragmentWriter
 from embedpipe.errors import ExecutorError
 from embedpipe.results import Event
 from embedpipe.steps.base import Step, StepContext
@@ -68,6 +74,10 @@ class RayConfig(ExecutorConfig):
     max_retries: int = Field(
         3, ge=0, description="Restarts of a worker that died; its window runs again."
     )
+    fragment_rows: int = Field(
+        100_000, ge=1, description="Rows per Lance fragment a Ray task writes for an index "
+        "step (at most 256 MiB of rows a task); the driver commits the fragments once.",
+    )  # fmt: skip
 
     @field_validator("address")
     @classmethod
@@ -124,6 +134,55 @@ class _Worker:
             events.append(event)
         events.extend(self.ctx.drain())
         return events, self.where, window.num_rows, time.perf_counter() - started
+
+
+_FRAGMENT_BYTES = 256 << 20  # rows a fragment-writing task is sent, at most
+
+
+def _write_fragment(
+    uri: str, rows: bytes, mode: str, storage_version: str | None
+) -> tuple[list[Any], str, int, float]:
+    """A Ray task: one piece of an index step's rows (Arrow IPC) as Lance fragments of the
+    dataset at ``uri``, uncommitted; their metadata goes back to the driver, which commits."""
+    from lance.fragment import write_fragments
+
+    started = time.perf_counter()
+    table = pa.ipc.open_stream(rows).read_all()
+    fragments = write_fragments(
+        table,
+        uri,
+        schema=table.schema,
+        mode=mode,
+        data_storage_version=storage_version,
+        max_rows_per_file=max(1, table.num_rows),  # one piece, one fragment
+    )
+    where = f"{socket.gethostname()}:{os.getpid()}"
+    return fragments, where, table.num_rows, time.perf_counter() - started
+
+
+def _pieces(batches: Iterator[pa.RecordBatch], rows: int, size: int) -> Iterator[bytes]:
+    """``batches`` regrouped into pieces of ``rows`` rows (fewer once ``size`` bytes), each as
+    an Arrow IPC stream: only the piece's own bytes travel, never a sliced batch's buffers."""
+    held: list[pa.RecordBatch] = []
+    count = nbytes = 0
+
+    def piece() -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, held[0].schema) as writer:
+            for part in held:
+                writer.write_batch(part)
+        return bytes(sink.getvalue())
+
+    for batch in batches:
+        while batch.num_rows:
+            part, batch = batch.slice(0, rows - count), batch.slice(rows - count)
+            held.append(part)
+            count, nbytes = count + part.num_rows, nbytes + part.nbytes
+            if count >= rows or nbytes >= size:
+                yield piece()
+                held, count, nbytes = [], 0, 0
+    if held:
+        yield piece()
 
 
 class RayExecutor(Executor):
@@ -259,6 +318,62 @@ class RayExecutor(Executor):
         mark[2] += 1
         return events
 
+    def fragment_writer(self) -> FragmentWriter | None:
+        return self._write_fragments
+
+    def _write_fragments(
+        self,
+        uri: str,
+        batches: Iterator[pa.RecordBatch],
+        schema: pa.Schema,
+        *,
+        mode: str,
+        storage_version: str | None,
+        label: str,
+    ) -> list[Any]:
+        """Each piece of ``batches`` written as a Lance fragment by a Ray task, at most
+        2 x num_workers pieces in flight; the fragments' metadata in input order."""
+        ray = self._connect()
+        task = ray.remote(_write_fragment).options(
+            num_cpus=self.config.cpus_per_worker, max_retries=self.config.max_retries
+        )
+        seen = self.throughput.setdefault(f"write {label}", defaultdict(lambda: [0.0, 0.0, 0]))
+        limit, pending, fragments = 2 * self.config.num_workers, deque[Any](), []
+        pieces = _pieces(batches, self.config.fragment_rows, _FRAGMENT_BYTES)
+        try:
+            with _quiet():
+                for piece in pieces:
+                    pending.append(task.remote(uri, piece, mode, storage_version))
+                    while len(pending) >= limit:
+                        fragments += self._written(ray, pending.popleft(), label, seen)
+                while pending:
+                    fragments += self._written(ray, pending.popleft(), label, seen)
+        finally:  # failed or interrupted: no fragment is committed; stop writing more
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+        return fragments
+
+    def _written(self, ray: Any, ref: Any, label: str, seen: dict[str, list[float]]) -> list[Any]:
+        from ray.exceptions import RayTaskError
+
+        try:
+            fragments, where, rows, seconds = ray.get(ref)
+        except RayTaskError as exc:  # Lance's own error, raised in the task: as it is
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, Exception) else exc) from None
+        except ray.exceptions.RayError as exc:
+            raise ExecutorError(
+                f"table '{label}': a Ray task writing its rows failed "
+                f"{self.config.max_retries + 1} time(s) ({_last_error(str(exc))}), so nothing "
+                "was committed: raise runner.max_retries, or give the workers more memory"
+            ) from None
+        mark = seen[where]
+        mark[0] += rows
+        mark[1] += seconds
+        mark[2] += 1
+        return list(fragments)
+
     def _release(self, ray: Any, actors: list[Any]) -> None:
         for actor in actors:
             with contextlib.suppress(Exception):
@@ -273,7 +388,7 @@ class RayExecutor(Executor):
             f"Ray cluster ({cluster['address']}): {cluster['nodes']} node(s), "
             f"{cluster['cpus']:g} CPUs, {self.config.num_workers} workers per step",
             "",
-            "| step | worker | windows | rows | rows/s |",
+            "| step | worker | tasks | rows | rows/s |",
             "|---|---|--:|--:|--:|",
         ]
         for step, workers in self.throughput.items():

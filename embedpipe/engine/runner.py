@@ -59,7 +59,9 @@ class Runner:
         self.planning, self.write_caches, self.strict = planning, write_caches, strict
         # A plan counts in this process: only a run's work goes to the spec's executor.
         self.executor = executor or LocalExecutor(LocalExecutor.Config())
-        self.store: LanceStore | PlanStore = PlanStore(ws) if planning else LanceStore(ws)
+        self.store: LanceStore | PlanStore = (
+            PlanStore(ws) if planning else LanceStore(ws, self.executor.fragment_writer())
+        )
         self.results: dict[str, StepResult] = {n: StepResult() for n in dag.order}
         self.versions: dict[str, int] = {}  # the Lance version each index step committed
         # The cache keys each cached step's input had, as Arrow arrays (see prune_caches).
