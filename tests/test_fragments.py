@@ -38,6 +38,7 @@ class Here:
         *,
         mode: str,
         storage_version: str | None,
+        storage_options: dict[str, str],
         label: str,
     ) -> list[Any]:
         out: list[Any] = []
@@ -46,7 +47,12 @@ class Here:
             self.rows += batch.num_rows
             table = pa.Table.from_batches([batch])
             out += write_fragments(
-                table, uri, schema=schema, mode=mode, data_storage_version=storage_version
+                table,
+                uri,
+                schema=schema,
+                mode=mode,
+                data_storage_version=storage_version,
+                storage_options=storage_options or None,
             )
         return out
 

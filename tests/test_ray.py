@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import lance
 import numpy as np
 import psutil
 import pytest
@@ -53,6 +54,7 @@ SPEC = """
 name: scaled
 workspace: ws
 runner: {type: ray, num_workers: 2, batch_size: 8, fragment_rows: 16}
+tables: {uri: shared/tables}
 steps:
   docs: {type: ingest, source: corpus.jsonl, format: beir}
   chunks: {type: chunk, input: docs, strategy: tokens, max_tokens: 32, overlap: 4}
@@ -90,7 +92,7 @@ def prefect_summary(flow_run_id: str | None) -> str:
 def local_spec(spec: Path) -> Path:
     """The same pipeline on the local executor, in a workspace of its own."""
     lines = spec.read_text().splitlines(keepends=True)
-    text = "".join(line for line in lines if not line.startswith("runner:"))
+    text = "".join(line for line in lines if not line.startswith(("runner:", "tables:")))
     path = spec.with_name("local.yaml")
     path.write_text(text.replace("workspace: ws", "workspace: ws-local"))
     return path
@@ -112,8 +114,10 @@ def test_ray_gives_the_local_rows_and_runs_incrementally(
     assert ids == want_ids and len(set(ids)) == len(ids) > 40  # every chunk once
     np.testing.assert_allclose(vectors, want, atol=1e-6)
     assert first.steps["vectors"].computed == len(ids)
-    # The index rows were written as fragments by Ray tasks, 16 rows each, one commit.
-    table = Workspace(tmp_path / "ws").connect().open_table("scaled").to_lance()
+    # The index rows were written as fragments by Ray tasks, 16 rows each, one commit, into
+    # the folder the spec keeps its tables in (one all workers share), not the workspace.
+    assert not (tmp_path / "ws" / "lance").exists()
+    table = lance.dataset(tmp_path / "shared" / "tables" / "scaled.lance")
     sizes = [f.count_rows() for f in table.get_fragments()]
     assert sizes == [16] * (len(ids) // 16) + ([len(ids) % 16] if len(ids) % 16 else [])
     # The run's summary in Prefect names the cluster and each worker's throughput.
@@ -138,7 +142,7 @@ def test_ray_gives_the_local_rows_and_runs_incrementally(
     assert on_ray.search("coral reef bleaching", 1)[0]["doc_id"] == "doc7"
     # The new rows are new fragments; the old rows of the edited and deleted documents are
     # marked deleted in theirs; unchanged rows still name the run that wrote them.
-    table = Workspace(tmp_path / "ws").connect().open_table("scaled").to_lance()
+    table = lance.dataset(tmp_path / "shared" / "tables" / "scaled.lance")
     assert table.count_rows() == len(ids) and len(table.get_fragments()) > len(sizes)
     runs = on_ray.sql("select run_id, count(*) as n from scaled group by run_id order by n")
     assert [r["run_id"] for r in runs] == [second.run_id, first.run_id]
@@ -260,4 +264,4 @@ def test_ctrl_c_on_ray_commits_nothing_and_stops_the_workers(
     assert eventually(lambda: not workers(), timeout=30), "Ray workers outlived the run"
     pipe = embedpipe.load(spec)
     assert [r["status"] for r in pipe.sql("select status from runs")] == ["failed"]
-    assert Workspace(pipe.workspace).tables() == []  # nothing committed
+    assert Workspace.of(pipe.dag.spec).tables() == []  # nothing committed

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -384,15 +385,32 @@ def index_bytes(searcher: Searcher) -> int:
     """Bytes on disk of the table's current version: its data, deletion and index files."""
     ds = searcher.tbl.to_lance()
     files = ds.tracked_files(min_version=ds.version).read_all().to_pylist()
-    root = Path(ds.uri)
-    total = 0
-    for f in files:
-        if f["version"] != ds.version or str(f["type"]) in ("manifest", "transaction file"):
-            continue
-        path = root / f["path"]
-        if path.exists():
-            total += path.stat().st_size
-    return total
+    paths = [
+        f["path"]
+        for f in files
+        if f["version"] == ds.version and str(f["type"]) not in ("manifest", "transaction file")
+    ]
+    store = re.match(r"^([A-Za-z][\w+.-]+):/*(.*)$", ds.uri)  # s3://b/p, file-object-store:/p
+    if store is None:
+        root = Path(ds.uri)
+        return sum((root / p).stat().st_size for p in paths if (root / p).exists())
+    return _stored_bytes(ds, paths, *store.groups())
+
+
+def _stored_bytes(ds: Any, paths: list[str], scheme: str, rest: str) -> int:
+    """``index_bytes`` of a table in an object store: the files' sizes as Arrow's file system
+    for the URI lists them (credentials from the environment), or, where Arrow cannot reach
+    it, the data files' sizes Lance recorded when it wrote them."""
+    import pyarrow.fs as pafs
+
+    uri = f"file:///{rest}" if "file" in scheme else f"{scheme}://{rest}"
+    try:
+        fs, base = pafs.FileSystem.from_uri(uri)
+        infos = fs.get_file_info([f"{base.rstrip('/')}/{p}" for p in paths])
+        return sum(i.size for i in infos if i.type == pafs.FileType.File)
+    except Exception:
+        data = [d for f in ds.get_fragments() for d in f.metadata.files]
+        return sum(int(d.file_size_bytes or 0) for d in data)
 
 
 def _record(dag: Dag, ws: Workspace, searcher: Searcher, data: EvalInput, r: EvalResult) -> None:
@@ -491,7 +509,7 @@ def sweep(
     """Evaluate every setting of ``SWEEP`` on the spec's data, encoding nothing again."""
     from embedpipe.engine.flow import execute
 
-    ws = Workspace(dag.spec.workspace, dag.spec.path)
+    ws = Workspace.of(dag.spec)
     index, target = dag.index(step)
     if not ws.table_exists(target.table):
         raise NotIndexed(
@@ -508,8 +526,10 @@ def sweep(
         variant_ws = scratch / name
         shutil.rmtree(variant_ws, ignore_errors=True)
         _link_caches(ws.root, variant_ws)
+        # Its tables in the scratch workspace too, wherever the spec keeps its own.
+        local = [f"tables.uri={variant_ws / 'lance'}", "tables.storage_options={}"]
         variant = dag_mod.load(
-            dag.spec.path, overrides=[*(overrides or []), *sets], workspace=variant_ws
+            dag.spec.path, overrides=[*(overrides or []), *sets, *local], workspace=variant_ws
         )
         run = execute(variant, overrides=sets, console=None, progress=False)
         if run.status != "completed":

@@ -35,7 +35,8 @@ class FragmentWriter(Protocol):
     returns their metadata in input order, uncommitted (``lance.fragment.FragmentMetadata``).
     ``mode`` is ``create`` for a new table, ``overwrite`` for one whose rows all change
     (both: fresh field ids), ``append`` for rows added to ``uri``'s current schema;
-    ``label`` names the table in progress reports."""
+    ``storage_options`` are Lance's for an object-store ``uri`` ({} for a folder); ``label``
+    names the table in progress reports."""
 
     def __call__(
         self,
@@ -45,6 +46,7 @@ class FragmentWriter(Protocol):
         *,
         mode: str,
         storage_version: str | None,
+        storage_options: dict[str, str],
         label: str,
     ) -> list[Any]: ...
 

@@ -49,7 +49,7 @@ def fit(
             f"step '{step}' ({target.type}) has nothing to fit; trainable steps in this spec: "
             f"{', '.join(trainable) or 'none'}"
         )
-    ws = Workspace(dag.spec.workspace, dag.spec.path)
+    ws = Workspace.of(dag.spec)
     rows = None
     ups = target.config.inputs()
     if len(ups) == 1:

@@ -36,7 +36,7 @@ def plan(dag: Dag, *, console: Console | None = None, progress: bool = True) -> 
     _env.apply()  # the environment defaults, before Prefect or Hugging Face is imported
     import tempfile
 
-    ws = Workspace(dag.spec.workspace, dag.spec.path)
+    ws = Workspace.of(dag.spec)
     console = console or Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="embedpipe-plan-") as tmp:
         bars = RunProgress(
@@ -69,7 +69,7 @@ def execute(
     """Run ``dag`` once; always returns a result (status failed on error) and records it."""
     _env.apply()  # the environment defaults, before Prefect or Hugging Face is imported
     spec = dag.spec
-    ws = Workspace(spec.workspace, spec.path)
+    ws = Workspace.of(spec)
     console = console or Console(stderr=True)
     tables = dag.tables()
     models = sorted({m for s in dag.steps.values() for m in s.models()})

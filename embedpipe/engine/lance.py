@@ -136,13 +136,20 @@ class LanceStore:
         """A new table, or every row of one replaced: the executor's workers write the rows as
         fragments, and one ``Overwrite`` commit makes them the table's next version."""
         assert self.fragments is not None
-        uri = str(self.ws.table_path(table))
+        uri, options = self.ws.table_uri(table), self.ws.storage_options
         schema = first.schema
-        rows = _crashing(chain([first], rest))
-        mode = "create" if read_version is None else "overwrite"  # fresh field ids, both
-        new = self.fragments(uri, rows, schema, mode=mode, storage_version=None, label=table)
+        new = self.fragments(
+            uri,
+            _crashing(chain([first], rest)),
+            schema,
+            mode="create" if read_version is None else "overwrite",  # fresh field ids, both
+            storage_version=None,
+            storage_options=options,
+            label=table,
+        )
         operation = lance.LanceOperation.Overwrite(schema, new)
-        lance.LanceDataset.commit(uri, operation, read_version=read_version)
+        commit = {"read_version": read_version, "storage_options": options or None}
+        lance.LanceDataset.commit(uri, operation, **commit)
         return self.db.open_table(table)
 
     def _update(self, tbl: Any, target: IndexTarget, batches: Rows, stats: dict[str, Any]) -> Any:
@@ -151,7 +158,7 @@ class LanceStore:
         ``Update`` commit swaps them for the new fragments."""
         assert self.fragments is not None
         key, table = target.key, target.table
-        uri = str(self.ws.table_path(table))
+        uri, options = self.ws.table_uri(table), self.ws.storage_options
         ds = tbl.to_lance()
         todo, gone = stats.pop("todo"), stats.pop("gone")
         rows = (b.filter(pc.is_in(b.column(key), value_set=todo)) for b in batches())
@@ -165,6 +172,7 @@ class LanceStore:
                 head.schema,
                 mode="append",
                 storage_version=ds.data_storage_version,
+                storage_options=options,
                 label=table,
             )
         removed, updated = [], []
@@ -180,7 +188,8 @@ class LanceStore:
         operation = lance.LanceOperation.Update(
             removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new
         )
-        lance.LanceDataset.commit(uri, operation, read_version=ds.version)
+        commit = {"read_version": ds.version, "storage_options": options or None}
+        lance.LanceDataset.commit(uri, operation, **commit)
         return self.db.open_table(table)
 
     def _merge(self, tbl: Any, target: IndexTarget, batches: Rows, stats: dict[str, Any]) -> None:

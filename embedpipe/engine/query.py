@@ -19,7 +19,7 @@ def connect(dag: Dag, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     pushdown); the catalog file is attached read-only. With ``read_only`` the connection then
     loses file-system access for good (no COPY TO, no ATTACH, no reading other files).
     """
-    ws = Workspace(dag.spec.workspace, dag.spec.path)
+    ws = Workspace.of(dag.spec)
     con = duckdb.connect()
     db = ws.connect() if ws.tables() else None
     lance_names = set()
@@ -74,7 +74,7 @@ def _ident(name: str) -> str:
 
 def sql(dag: Dag, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     con = connect(dag)
-    ws = Workspace(dag.spec.workspace, dag.spec.path)
+    ws = Workspace.of(dag.spec)
     try:
         rel = con.execute(query)
         if rel.description is None:

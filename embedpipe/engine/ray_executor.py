@@ -140,7 +140,7 @@ _FRAGMENT_BYTES = 256 << 20  # rows a fragment-writing task is sent, at most
 
 
 def _write_fragment(
-    uri: str, rows: bytes, mode: str, storage_version: str | None
+    uri: str, rows: bytes, mode: str, storage_version: str | None, options: dict[str, str]
 ) -> tuple[list[Any], str, int, float]:
     """A Ray task: one piece of an index step's rows (Arrow IPC) as Lance fragments of the
     dataset at ``uri``, uncommitted; their metadata goes back to the driver, which commits."""
@@ -155,6 +155,7 @@ def _write_fragment(
         mode=mode,
         data_storage_version=storage_version,
         max_rows_per_file=max(1, table.num_rows),  # one piece, one fragment
+        storage_options=options or None,
     )
     where = f"{socket.gethostname()}:{os.getpid()}"
     return fragments, where, table.num_rows, time.perf_counter() - started
@@ -329,6 +330,7 @@ class RayExecutor(Executor):
         *,
         mode: str,
         storage_version: str | None,
+        storage_options: dict[str, str],
         label: str,
     ) -> list[Any]:
         """Each piece of ``batches`` written as a Lance fragment by a Ray task, at most
@@ -343,7 +345,8 @@ class RayExecutor(Executor):
         try:
             with _quiet():
                 for piece in pieces:
-                    pending.append(task.remote(uri, piece, mode, storage_version))
+                    args = (uri, piece, mode, storage_version, storage_options)
+                    pending.append(task.remote(*args))
                     while len(pending) >= limit:
                         fragments += self._written(ray, pending.popleft(), label, seen)
                 while pending:

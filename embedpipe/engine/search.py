@@ -137,7 +137,7 @@ class Searcher:
         hits it would otherwise act on; a sweep's scratch workspaces hold no fitted state)."""
         self.dag, self.without = dag, set(without)
         self.step, self.target = dag.index(step)
-        self.ws = Workspace(dag.spec.workspace, dag.spec.path)
+        self.ws = Workspace.of(dag.spec)
         table = self.target.table
         if not self.ws.table_exists(table):
             raise NotIndexed(

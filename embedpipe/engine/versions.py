@@ -18,7 +18,7 @@ from embedpipe.errors import NotIndexed, UsageError, WorkspaceNotWritable
 
 
 def _table(dag: Dag, step: str | None) -> tuple[Workspace, str]:
-    ws = Workspace(dag.spec.workspace, dag.spec.path)
+    ws = Workspace.of(dag.spec)
     table = dag.index(step)[1].table
     if not ws.table_exists(table):
         raise NotIndexed(

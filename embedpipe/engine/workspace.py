@@ -5,6 +5,10 @@
 <workspace>/staging/<run_id>/       step outputs of a run in progress (Arrow IPC)
 <workspace>/.lock                   held by the run in progress
 
+The spec's ``tables: {uri}`` may put the tables elsewhere: another folder (one every node of a
+cluster mounts) or an object store (``s3://``, ``gs://``, ``az://``), reached through Lance's
+own object-store layer with the spec's ``storage_options``. Everything else stays local.
+
 The tool owns only what it created: a run's staging folder carries a marker file, and only
 folders with it are ever removed, so a workspace shared with other files (``workspace: .``
 beside the sources) loses nothing of theirs.
@@ -22,12 +26,16 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import lance
 import lancedb
 import pyarrow as pa
 
 from embedpipe.errors import IndexDamaged, WorkspaceBusy, WorkspaceNotWritable
+
+if TYPE_CHECKING:
+    from embedpipe.spec.load import Spec
 
 SERVER_PID = ".prefect-server.pid"  # see orchestrator.stop_orphaned_server
 STAGING_MARKER = ".embedpipe-run"  # in each run's staging folder: this folder is ours
@@ -46,13 +54,42 @@ LEAN_SCAN: dict[str, Any] = {
 
 
 class Workspace:
-    def __init__(self, root: Path, spec: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        spec: Path | str | None = None,
+        *,
+        tables: str | None = None,
+        storage_options: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.spec = spec or "SPEC"  # named in the recovery commands errors print
+        self.store_uri = tables if tables is not None and "://" in tables else None
+        self._tables = Path(tables) if tables is not None and self.store_uri is None else None
+        self.storage_options = dict(storage_options or {})
+
+    @classmethod
+    def of(cls, spec: Spec) -> Workspace:
+        """The workspace a loaded spec names, with where its tables live."""
+        options = spec.spec.tables.storage_options
+        return cls(spec.workspace, spec.path, tables=spec.tables, storage_options=options)
 
     @property
     def lance_dir(self) -> Path:
-        return self.root / "lance"
+        """The folder of the tables (not for an object store: see ``table_uri``)."""
+        assert self.store_uri is None, "the tables live in an object store"
+        return self._tables or self.root / "lance"
+
+    @property
+    def tables_at(self) -> str:
+        """Where the tables live, as the user wrote it (a folder or a URI)."""
+        return self.store_uri or str(self.lance_dir)
+
+    def table_uri(self, table: str) -> str:
+        """The table's dataset, as Lance opens it: a path or an object-store URI."""
+        if self.store_uri is not None:
+            return f"{self.store_uri.rstrip('/')}/{table}.lance"
+        return str(self.table_path(table))
 
     @property
     def catalog_path(self) -> Path:
@@ -64,10 +101,26 @@ class Workspace:
     def table_exists(self, table: str) -> bool:
         """A committed table: its folder holds at least one version manifest. A folder without
         one is what a first write killed before its commit leaves behind."""
+        if self.store_uri is not None:
+            return self._stored(table)
         versions = self.lance_dir / f"{table}.lance" / "_versions"
         return versions.is_dir() and any(versions.iterdir())
 
-    def table_path(self, table: str) -> Path:
+    def _stored(self, table: str) -> bool:
+        """A committed table in the object store: Lance finds a version of it. Any other
+        failure (credentials, network) is raised, not taken for 'no table'."""
+        try:
+            lance.dataset(self.table_uri(table), storage_options=self.storage_options or None)
+        except ValueError as exc:
+            if "was not found" in str(exc):
+                return False
+            raise
+        return True
+
+    def table_path(self, table: str) -> Path | str:
+        """The table's folder, or its URI in an object store (named in messages)."""
+        if self.store_uri is not None:
+            return self.table_uri(table)
         return self.lance_dir / f"{table}.lance"
 
     @contextlib.contextmanager
@@ -82,13 +135,24 @@ class Workspace:
             raise hurt from exc
 
     def tables(self) -> list[str]:
+        if self.store_uri is not None:
+            names, token = [], None
+            while True:
+                page = self.connect().list_tables(page_token=token)
+                names += page.tables
+                token = page.page_token
+                if not token:
+                    break
+            return sorted(n for n in names if self.table_exists(n))
         if not self.lance_dir.is_dir():
             return []
         return sorted(p.stem for p in self.lance_dir.glob("*.lance") if self.table_exists(p.stem))
 
     def remove_uncommitted_tables(self) -> list[str]:
-        """Delete table folders with no committed version (called under the lock)."""
-        if not self.lance_dir.is_dir():
+        """Delete table folders with no committed version (called under the lock). In an
+        object store they are left: no version names their files, and the next first write
+        of the table commits over them."""
+        if self.store_uri is not None or not self.lance_dir.is_dir():
             return []
         gone = [p for p in self.lance_dir.glob("*.lance") if not self.table_exists(p.stem)]
         for path in gone:
@@ -129,6 +193,8 @@ class Workspace:
         return pairs.group_by(["doc_id", "content_hash"], use_threads=False).aggregate([])
 
     def connect(self) -> Any:
+        if self.store_uri is not None:
+            return lancedb.connect(self.store_uri, storage_options=self.storage_options or None)
         return lancedb.connect(str(self.lance_dir))
 
     @contextlib.contextmanager
@@ -169,7 +235,8 @@ class Workspace:
     def check_writable(self) -> None:
         """Raise OSError unless files can be created in the workspace and in each folder of
         it a run writes to."""
-        for folder in (self.root, self.lance_dir, self.root / "cache", self.root / "staging"):
+        tables = [] if self.store_uri is not None else [self.lance_dir]
+        for folder in (self.root, *tables, self.root / "cache", self.root / "staging"):
             if folder.is_dir():
                 with tempfile.TemporaryFile(dir=folder, prefix=".embedpipe-probe-"):
                     pass
@@ -180,6 +247,8 @@ class Workspace:
         root = self.root.resolve()
         names = ("lance", "cache", "artifacts", "sweep", ".catalog-pending", ".lock", SERVER_PID)
         named = [root / n for n in names]
+        if self._tables is not None:  # tables in a folder of their own
+            named.append(self._tables.resolve())
         named += [root / f"catalog.duckdb{s}" for s in ("", ".wal", ".tmp")]
         staging = root / "staging"
         if staging.is_dir():
@@ -239,7 +308,7 @@ def not_writable(exc: BaseException, root: Path) -> bool:
 _MISSING = re.compile(r"Not found: (\S+?)(?:,|\s|$)")
 
 
-def damaged(exc: BaseException, table: str, path: Path, spec: object) -> IndexDamaged | None:
+def damaged(exc: BaseException, table: str, path: Path | str, spec: object) -> IndexDamaged | None:
     """IndexDamaged when ``exc`` is Lance (or DuckDB reading Lance) failing on missing or
     corrupt files of ``table``; None for any other error."""
     text = str(exc)

@@ -49,6 +49,9 @@ class Spec:
     # ``invalid`` names the steps whose bodies failed.
     issues: tuple[SpecIssue, ...] = ()
     invalid: frozenset[str] = frozenset()
+    # Where the Lance tables live: a resolved folder, an object-store URI, or None (the
+    # workspace's lance/ folder); see spec.tables.
+    tables: str | None = None
 
     @property
     def name(self) -> str:
@@ -147,7 +150,20 @@ def load(
     }
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
     invalid = frozenset(spec.steps) - frozenset(steps)
-    return Spec(path.resolve(), spec, steps, pos, ws.resolve(), digest, tuple(issues), invalid)
+    tables = spec.tables.uri
+    if tables is not None and "://" not in tables:  # a folder: relative to the spec
+        tables = str((base / Path(tables).expanduser()).resolve())
+    return Spec(
+        path.resolve(),
+        spec,
+        steps,
+        pos,
+        ws.resolve(),
+        digest,
+        tuple(issues),
+        invalid,
+        tables=tables,
+    )
 
 
 def _read(path: Path, shown: str) -> str:

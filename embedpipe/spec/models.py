@@ -75,6 +75,49 @@ class RunnerSpec(BaseModel):
         return self
 
 
+class TablesSpec(BaseModel):
+    """Where the pipeline's Lance tables live (the rest of the workspace stays local)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str | None = Field(
+        None,
+        description="A folder (relative to the spec; e.g. a file system every Ray node "
+        "mounts) or an object-store URI (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://...) "
+        "that holds the index tables; default: the workspace's lance/ folder.",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Passed to Lance for an object-store uri: credentials, region, endpoint "
+        "(e.g. aws_region, aws_endpoint; ${VAR} reads the environment). Without them Lance "
+        "reads the usual environment variables (AWS_*, GOOGLE_*).",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if sep and (not scheme.replace("-", "").isalnum() or not rest.strip("/")):
+            raise ValueError(
+                f"'{value}' is not a storage URI; use a folder, or SCHEME://BUCKET/PREFIX "
+                "(s3, gs, az, file-object-store)"
+            )
+        if not value.strip():
+            raise ValueError("an empty uri: drop the key to keep the tables in the workspace")
+        return value
+
+    @model_validator(mode="after")
+    def _options_need_a_store(self) -> TablesSpec:
+        if self.storage_options and (self.uri is None or "://" not in self.uri):
+            raise ValueError(
+                "storage_options configure an object store: set uri to an s3://, gs:// or "
+                "az:// URI, or drop storage_options"
+            )
+        return self
+
+
 class PipelineSpec(BaseModel):
     """A pipeline: named steps that read each other's output."""
 
@@ -93,3 +136,4 @@ class PipelineSpec(BaseModel):
     )
     schedule: ScheduleSpec | None = None
     runner: RunnerSpec = Field(default_factory=RunnerSpec)
+    tables: TablesSpec = Field(default_factory=TablesSpec)
