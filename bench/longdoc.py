@@ -122,6 +122,12 @@ STRATEGIES = [
         [*CHUNKS, *LATE, "steps.vectors.late_context=16"],
     ),
     Strategy(
+        "late-240-c16-fusion",
+        "bounded late chunks (16 tokens a side) fused with the mean of the document's",
+        [*CHUNKS, *LATE, "steps.vectors.late_context=16", *FUSED],
+        WEIGHTS,
+    ),
+    Strategy(
         "late-240-pi-2048",
         "late chunking in 2,048-token PI windows, τ auto",
         [

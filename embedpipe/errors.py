@@ -108,9 +108,13 @@ class IndexDamaged(EmbedpipeError):
 
     def __init__(self, table: str, path: object, reason: str, spec: object) -> None:
         self.table = table
+        if "://" in str(path):  # in an object store: no mv; move its objects with the store's tool
+            how = f"move or delete the objects under {path} (e.g. aws s3 mv --recursive), then"
+        else:
+            how = f"mv {path} {path}.damaged &&"
         super().__init__(
             f"index table '{table}' is damaged: {reason}. Rebuild it from the step caches "
-            f"(nothing is re-encoded): mv {path} {path}.damaged && pipe run {spec}"
+            f"(nothing is re-encoded): {how} pipe run {spec}"
         )
 
 

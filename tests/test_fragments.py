@@ -161,3 +161,39 @@ def test_a_failed_fragment_write_commits_nothing(
     assert content(ws, "tiny").equals(before)
     out = good.write(target, lambda: iter(rows(now)))
     assert out["version"] == 2 and out["new"] == 20 and len(content(ws, "tiny")) == 60
+
+
+def test_fragments_this_process_cannot_see_are_not_committed(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    """A worker on another machine writing to a folder that is not shared: its fragments'
+    files are not where the table is, and committing them would make a version nobody can
+    read. The store refuses, and the table keeps its version."""
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d", "text": "x"}\n')
+    target = embedpipe.load(write_spec(BASIC_SPEC)).dag.targets["index"]
+    ws = Workspace(tmp_path / "ws")
+    ids = [f"doc{d}#{c}" for d in range(10) for c in range(4)]
+    assert LanceStore(ws, Here()).write(target, lambda: iter(rows(ids)))["version"] == 1
+
+    class OtherDisk(Here):
+        def __call__(self, uri: str, *args: Any, **kwargs: Any) -> list[Any]:
+            return super().__call__(str(tmp_path / "node2" / "tiny.lance"), *args, **kwargs)
+
+    more = [*ids, "doc99#0"]
+    with pytest.raises(ExecutorError, match="mount the tables' folder at the same path"):
+        LanceStore(ws, OtherDisk()).write(target, lambda: iter(rows(more)))
+    assert ws.connect().open_table("tiny").version == 1
+
+
+def test_pieces_keep_to_rows_and_bytes() -> None:
+    from embedpipe.engine.ray_executor import _pieces
+
+    batches = rows([f"doc{i}#0" for i in range(100)])  # 7 rows a batch, ~1.6 KB a row
+    pieces = [pa.ipc.open_stream(p).read_all() for p in _pieces(iter(batches), 30, 1 << 30)]
+    assert [len(p) for p in pieces] == [30, 30, 30, 10]
+    small = [pa.ipc.open_stream(p).read_all() for p in _pieces(iter(batches), 30, 8000)]
+    per_row = batches[0].nbytes / batches[0].num_rows
+    assert sum(len(p) for p in small) == 100 and len(small) > 10
+    assert all(p.nbytes <= 8000 + per_row for p in small)  # over by less than a row
+    ids = [i for p in small for i in p.column("chunk_id").to_pylist()]
+    assert ids == [f"doc{i}#0" for i in range(100)]  # in order, each once

@@ -100,6 +100,7 @@ def test_a_sweep_leaves_the_stored_table_alone(
         ('{uri: "s3://"}', "is not a storage URI"),
         ('{uri: "/x", storage_options: {aws_region: eu-west-1}}', "set uri to an s3://"),
         ('{url: "s3://b/p"}', "unknown key"),
+        ('{uri: "s3:/bucket/p"}', "neither a folder nor a storage URI"),
     ],
 )
 def test_bad_tables_settings_are_spec_errors(
@@ -111,3 +112,18 @@ def test_bad_tables_settings_are_spec_errors(
         embedpipe.load(write_spec(text))
     assert "spec.yaml:3:" in str(caught.value) and message in str(caught.value)
     json.dumps(str(caught.value))  # one plain message
+
+
+def test_store_settings_as_lance_takes_them(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    """Any scheme Lance knows (s3+ddb for a DynamoDB commit lock), and options as strings."""
+    write_jsonl(tmp_path / "corpus.jsonl", list(CORPUS))
+    tables = (
+        '{uri: "s3+ddb://b/p?ddbTableName=locks", storage_options: {allow_http: true, timeout: 30}}'
+    )
+    spec = embedpipe.load(write_spec(SPEC.format(uri="x").replace('{uri: "x"}', tables))).dag.spec
+    assert spec.tables == "s3+ddb://b/p?ddbTableName=locks"
+    assert spec.spec.tables.storage_options == {"allow_http": "true", "timeout": "30"}
+    local = embedpipe.load(write_spec(SPEC.format(uri="shared/t"))).dag.spec
+    assert local.tables == str(tmp_path / "shared" / "t")  # a folder: relative to the spec

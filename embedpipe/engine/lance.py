@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import lance
@@ -30,7 +31,7 @@ from lancedb.index import HnswSq, IvfFlat, IvfPq
 from embedpipe.engine.crash import crash_point
 from embedpipe.engine.executors import FragmentWriter
 from embedpipe.engine.workspace import LEAN_SCAN, Workspace
-from embedpipe.errors import NoRows
+from embedpipe.errors import ExecutorError, NoRows
 from embedpipe.schemas import hash_rows
 from embedpipe.steps.base import IndexTarget, VectorColumn
 
@@ -147,6 +148,7 @@ class LanceStore:
             storage_options=options,
             label=table,
         )
+        self._visible(table, new)
         operation = lance.LanceOperation.Overwrite(schema, new)
         commit = {"read_version": read_version, "storage_options": options or None}
         lance.LanceDataset.commit(uri, operation, **commit)
@@ -175,6 +177,7 @@ class LanceStore:
                 storage_options=options,
                 label=table,
             )
+        self._visible(table, new)
         removed, updated = [], []
         doomed = pa.concat_arrays([todo.slice(stats["new"]), gone])  # changed keys, then gone
         if len(doomed):
@@ -191,6 +194,22 @@ class LanceStore:
         commit = {"read_version": ds.version, "storage_options": options or None}
         lance.LanceDataset.commit(uri, operation, **commit)
         return self.db.open_table(table)
+
+    def _visible(self, table: str, fragments: list[Any]) -> None:
+        """Refuse to commit fragments whose files this process cannot see: a worker on another
+        machine wrote them to a folder only it has (the tables' folder is not shared)."""
+        if self.ws.store_uri is not None:
+            return  # an object store: every node writes to the same place
+        data = Path(self.ws.table_uri(table)) / "data"
+        for fragment in fragments:
+            for file in fragment.files:
+                if not (data / file.path).is_file():
+                    raise ExecutorError(
+                        f"table '{table}': a worker wrote its rows to {data / file.path}, which "
+                        "this process does not see, so nothing was committed: mount the tables' "
+                        "folder at the same path on every node, or keep the tables in an object "
+                        "store (tables: {uri: s3://BUCKET/PREFIX})"
+                    )
 
     def _merge(self, tbl: Any, target: IndexTarget, batches: Rows, stats: dict[str, Any]) -> None:
         """Upsert the new and changed rows and delete the vanished ones, in one commit. Only

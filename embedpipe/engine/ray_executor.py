@@ -175,8 +175,10 @@ def _pieces(batches: Iterator[pa.RecordBatch], rows: int, size: int) -> Iterator
         return bytes(sink.getvalue())
 
     for batch in batches:
+        per_row = max(1, batch.nbytes // max(1, batch.num_rows))
         while batch.num_rows:
-            part, batch = batch.slice(0, rows - count), batch.slice(rows - count)
+            take = min(rows - count, max(1, (size - nbytes) // per_row))
+            part, batch = batch.slice(0, take), batch.slice(take)
             held.append(part)
             count, nbytes = count + part.num_rows, nbytes + part.nbytes
             if count >= rows or nbytes >= size:
@@ -348,9 +350,11 @@ class RayExecutor(Executor):
                     args = (uri, piece, mode, storage_version, storage_options)
                     pending.append(task.remote(*args))
                     while len(pending) >= limit:
-                        fragments += self._written(ray, pending.popleft(), label, seen)
+                        fragments += self._written(ray, pending[0], label, seen)
+                        pending.popleft()  # only once written: Ctrl-C cancels it too
                 while pending:
-                    fragments += self._written(ray, pending.popleft(), label, seen)
+                    fragments += self._written(ray, pending[0], label, seen)
+                    pending.popleft()
         finally:  # failed or interrupted: no fragment is committed; stop writing more
             for ref in pending:
                 with contextlib.suppress(Exception):

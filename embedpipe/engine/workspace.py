@@ -247,8 +247,8 @@ class Workspace:
         root = self.root.resolve()
         names = ("lance", "cache", "artifacts", "sweep", ".catalog-pending", ".lock", SERVER_PID)
         named = [root / n for n in names]
-        if self._tables is not None:  # tables in a folder of their own
-            named.append(self._tables.resolve())
+        if self._tables is not None and self._tables.is_dir():  # tables in a folder of their own
+            named += [p.resolve() for p in self._tables.glob("*.lance")]  # not its other files
         named += [root / f"catalog.duckdb{s}" for s in ("", ".wal", ".tmp")]
         staging = root / "staging"
         if staging.is_dir():

@@ -96,16 +96,28 @@ class TablesSpec(BaseModel):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str | None) -> str | None:
+        import re
+
         if value is None:
             return None
-        scheme, sep, rest = value.partition("://")
-        if sep and (not scheme.replace("-", "").isalnum() or not rest.strip("/")):
-            raise ValueError(
-                f"'{value}' is not a storage URI; use a folder, or SCHEME://BUCKET/PREFIX "
-                "(s3, gs, az, file-object-store)"
-            )
         if not value.strip():
             raise ValueError("an empty uri: drop the key to keep the tables in the workspace")
+        scheme, sep, rest = value.partition("://")
+        valid = "use a folder, or SCHEME://BUCKET/PREFIX (s3, gs, az, s3+ddb, file-object-store)"
+        if sep and (not re.fullmatch(r"[A-Za-z][\w+.-]*", scheme) or not rest.strip("/")):
+            raise ValueError(f"'{value}' is not a storage URI; {valid}")
+        if not sep and re.match(r"^[A-Za-z][\w+.-]+:", value):  # s3:/bucket: a typo, not a folder
+            raise ValueError(f"'{value}' is neither a folder nor a storage URI; {valid}")
+        return value
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _as_strings(cls, value: Any) -> Any:
+        """Lance takes strings: YAML's true, 30 become 'true', '30'."""
+        if isinstance(value, dict):
+            return {k: str(v).lower() if isinstance(v, bool) else v if isinstance(v, str)
+                    else str(v) if isinstance(v, int | float) else v
+                    for k, v in value.items()}  # fmt: skip
         return value
 
     @model_validator(mode="after")
