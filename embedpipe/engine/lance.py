@@ -136,31 +136,15 @@ class LanceStore:
     ) -> Any:
         """A new table, or every row of one replaced: the executor's workers write the rows as
         fragments, and one ``Overwrite`` commit makes them the table's next version."""
-        assert self.fragments is not None
-        uri, options = self.ws.table_uri(table), self.ws.storage_options
-        schema = first.schema
-        new = self.fragments(
-            uri,
-            _crashing(chain([first], rest)),
-            schema,
-            mode="create" if read_version is None else "overwrite",  # fresh field ids, both
-            storage_version=None,
-            storage_options=options,
-            label=table,
-        )
-        self._visible(table, new)
-        operation = lance.LanceOperation.Overwrite(schema, new)
-        commit = {"read_version": read_version, "storage_options": options or None}
-        lance.LanceDataset.commit(uri, operation, **commit)
-        return self.db.open_table(table)
+        mode = "create" if read_version is None else "overwrite"  # fresh field ids, both
+        new = self._written(table, first, rest, mode=mode, storage_version=None)
+        return self._commit(table, lance.LanceOperation.Overwrite(first.schema, new), read_version)
 
     def _update(self, tbl: Any, target: IndexTarget, batches: Rows, stats: dict[str, Any]) -> Any:
         """``_merge`` with the new and changed rows written as fragments by the executor's
         workers: the rows of changed and vanished keys get deletion files here, and one
         ``Update`` commit swaps them for the new fragments."""
-        assert self.fragments is not None
         key, table = target.key, target.table
-        uri, options = self.ws.table_uri(table), self.ws.storage_options
         ds = tbl.to_lance()
         todo, gone = stats.pop("todo"), stats.pop("gone")
         rows = (b.filter(pc.is_in(b.column(key), value_set=todo)) for b in batches())
@@ -168,16 +152,8 @@ class LanceStore:
         new: list[Any] = []
         if head is not None:
             rest = (b for b in rows if b.num_rows)
-            new = self.fragments(
-                uri,
-                _crashing(chain([head], rest)),
-                head.schema,
-                mode="append",
-                storage_version=ds.data_storage_version,
-                storage_options=options,
-                label=table,
-            )
-        self._visible(table, new)
+            version = ds.data_storage_version
+            new = self._written(table, head, rest, mode="append", storage_version=version)
         removed, updated = [], []
         doomed = pa.concat_arrays([todo.slice(stats["new"]), gone])  # changed keys, then gone
         if len(doomed):
@@ -191,8 +167,39 @@ class LanceStore:
         operation = lance.LanceOperation.Update(
             removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new
         )
-        commit = {"read_version": ds.version, "storage_options": options or None}
-        lance.LanceDataset.commit(uri, operation, **commit)
+        return self._commit(table, operation, ds.version)
+
+    def _written(
+        self,
+        table: str,
+        first: pa.RecordBatch,
+        rest: Iterator[pa.RecordBatch],
+        *,
+        mode: str,
+        storage_version: str | None,
+    ) -> list[Any]:
+        """The rows written as fragments of ``table`` by the executor's writer, uncommitted,
+        and checked visible here."""
+        assert self.fragments is not None
+        new = self.fragments(
+            self.ws.table_uri(table),
+            _crashing(chain([first], rest)),
+            first.schema,
+            mode=mode,
+            storage_version=storage_version,
+            storage_options=self.ws.storage_options,
+            label=table,
+        )
+        self._visible(table, new)
+        return new
+
+    def _commit(self, table: str, operation: Any, read_version: int | None) -> Any:
+        """One Lance commit of ``operation`` on ``table``; the table as LanceDB opens it."""
+        options = self.ws.storage_options or None
+        uri = self.ws.table_uri(table)
+        lance.LanceDataset.commit(
+            uri, operation, read_version=read_version, storage_options=options
+        )
         return self.db.open_table(table)
 
     def _visible(self, table: str, fragments: list[Any]) -> None:

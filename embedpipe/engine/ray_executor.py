@@ -188,6 +188,20 @@ def _pieces(batches: Iterator[pa.RecordBatch], rows: int, size: int) -> Iterator
         yield piece()
 
 
+def _cause(exc: Exception) -> Exception:
+    """The step's or Lance's own error that a Ray task raised, as it was raised there."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, Exception) else exc
+
+
+def _tally(seen: dict[str, list[float]], where: str, rows: int, seconds: float) -> None:
+    """One task's rows and seconds on the worker ``where``, for the run's summary."""
+    mark = seen[where]
+    mark[0] += rows
+    mark[1] += seconds
+    mark[2] += 1
+
+
 class RayExecutor(Executor):
     """Row-wise steps on a pool of Ray actors; every other step in this process."""
 
@@ -299,8 +313,7 @@ class RayExecutor(Executor):
         try:
             events, where, rows, seconds = pool.get_next()
         except RayTaskError as exc:  # the step's own error, raised in a worker: as it is
-            cause = getattr(exc, "cause", None)
-            raise (cause if isinstance(cause, Exception) else exc) from None
+            raise _cause(exc) from None
         except RayActorError as exc:
             text = str(exc)
             if "creation task" in text:  # setup() failed in the worker: say why, not "memory"
@@ -315,10 +328,7 @@ class RayExecutor(Executor):
                 f"{self.config.max_retries} time(s), then died again ({why}), so nothing was "
                 "committed: raise runner.max_retries, or give the workers more memory"
             ) from None
-        mark = seen[where]
-        mark[0] += rows
-        mark[1] += seconds
-        mark[2] += 1
+        _tally(seen, where, rows, seconds)
         return events
 
     def fragment_writer(self) -> FragmentWriter | None:
@@ -367,18 +377,14 @@ class RayExecutor(Executor):
         try:
             fragments, where, rows, seconds = ray.get(ref)
         except RayTaskError as exc:  # Lance's own error, raised in the task: as it is
-            cause = getattr(exc, "cause", None)
-            raise (cause if isinstance(cause, Exception) else exc) from None
+            raise _cause(exc) from None
         except ray.exceptions.RayError as exc:
             raise ExecutorError(
                 f"table '{label}': a Ray task writing its rows failed "
                 f"{self.config.max_retries + 1} time(s) ({_last_error(str(exc))}), so nothing "
                 "was committed: raise runner.max_retries, or give the workers more memory"
             ) from None
-        mark = seen[where]
-        mark[0] += rows
-        mark[1] += seconds
-        mark[2] += 1
+        _tally(seen, where, rows, seconds)
         return list(fragments)
 
     def _release(self, ray: Any, actors: list[Any]) -> None:

@@ -33,6 +33,7 @@ import lancedb
 import pyarrow as pa
 
 from embedpipe.errors import IndexDamaged, WorkspaceBusy, WorkspaceNotWritable
+from embedpipe.spec.models import is_store_uri
 
 if TYPE_CHECKING:
     from embedpipe.spec.load import Spec
@@ -64,7 +65,7 @@ class Workspace:
     ) -> None:
         self.root = root
         self.spec = spec or "SPEC"  # named in the recovery commands errors print
-        self.store_uri = tables if tables is not None and "://" in tables else None
+        self.store_uri = tables if is_store_uri(tables) else None
         self._tables = Path(tables) if tables is not None and self.store_uri is None else None
         self.storage_options = dict(storage_options or {})
 
@@ -80,15 +81,8 @@ class Workspace:
         assert self.store_uri is None, "the tables live in an object store"
         return self._tables or self.root / "lance"
 
-    @property
-    def tables_at(self) -> str:
-        """Where the tables live, as the user wrote it (a folder or a URI)."""
-        return self.store_uri or str(self.lance_dir)
-
     def table_uri(self, table: str) -> str:
         """The table's dataset, as Lance opens it: a path or an object-store URI."""
-        if self.store_uri is not None:
-            return f"{self.store_uri.rstrip('/')}/{table}.lance"
         return str(self.table_path(table))
 
     @property
@@ -120,7 +114,7 @@ class Workspace:
     def table_path(self, table: str) -> Path | str:
         """The table's folder, or its URI in an object store (named in messages)."""
         if self.store_uri is not None:
-            return self.table_uri(table)
+            return f"{self.store_uri.rstrip('/')}/{table}.lance"
         return self.lance_dir / f"{table}.lance"
 
     @contextlib.contextmanager

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from embedpipe import registry
 from embedpipe.errors import SpecError, SpecIssue
-from embedpipe.spec.models import PipelineSpec
+from embedpipe.spec.models import PipelineSpec, is_store_uri
 from embedpipe.spec.yamlpos import MAX_SPEC_BYTES, Path_, Positions, SpecLimit
 from embedpipe.spec.yamlpos import load as load_yaml
 from embedpipe.steps.base import Step, StepConfig
@@ -151,7 +151,7 @@ def load(
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
     invalid = frozenset(spec.steps) - frozenset(steps)
     tables = spec.tables.uri
-    if tables is not None and "://" not in tables:  # a folder: relative to the spec
+    if tables is not None and not is_store_uri(tables):  # a folder: relative to the spec
         tables = str((base / Path(tables).expanduser()).resolve())
     return Spec(
         path.resolve(),

@@ -3,6 +3,7 @@ against its own step kind's ``Config`` (see ``embedpipe.spec.load``)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -75,6 +76,18 @@ class RunnerSpec(BaseModel):
         return self
 
 
+def is_store_uri(uri: str | None) -> bool:
+    """Whether ``tables.uri`` names an object store (SCHEME://...) rather than a folder."""
+    return uri is not None and "://" in uri
+
+
+def _option_text(value: Any) -> Any:
+    """A storage option as Lance takes it: YAML's true and 30 become 'true' and '30'."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, int | float) else value
+
+
 class TablesSpec(BaseModel):
     """Where the pipeline's Lance tables live (the rest of the workspace stays local)."""
 
@@ -96,8 +109,6 @@ class TablesSpec(BaseModel):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str | None) -> str | None:
-        import re
-
         if value is None:
             return None
         if not value.strip():
@@ -113,16 +124,12 @@ class TablesSpec(BaseModel):
     @field_validator("storage_options", mode="before")
     @classmethod
     def _as_strings(cls, value: Any) -> Any:
-        """Lance takes strings: YAML's true, 30 become 'true', '30'."""
-        if isinstance(value, dict):
-            return {k: str(v).lower() if isinstance(v, bool) else v if isinstance(v, str)
-                    else str(v) if isinstance(v, int | float) else v
-                    for k, v in value.items()}  # fmt: skip
-        return value
+        """Lance takes strings."""
+        return {k: _option_text(v) for k, v in value.items()} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _options_need_a_store(self) -> TablesSpec:
-        if self.storage_options and (self.uri is None or "://" not in self.uri):
+        if self.storage_options and not is_store_uri(self.uri):
             raise ValueError(
                 "storage_options configure an object store: set uri to an s3://, gs:// or "
                 "az:// URI, or drop storage_options"
