@@ -114,6 +114,8 @@ class LanceStore:
                     self._merge(tbl, target, batches, stats)
         if changed:
             crash_point("index-commit")
+        if changed and compact(tbl, target.compact):
+            tbl = self.db.open_table(table)
         rows = tbl.count_rows()
         built = self._ann(tbl, target, rows, stale=changed)
         if changed or built:
@@ -305,6 +307,43 @@ class PlanStore:
         due = any(ann_due(tbl, c, rows, stale=False) for c in target.vectors)
         commits = changed or due
         return {**stats, "rows_out": rows, "cached": rows - stats["computed"], "commits": commits}
+
+
+# What compaction rewrites: fragments under this many rows (merged into ones of up to this
+# many), or with this share of their rows deleted. A fragment this big costs a search little
+# beside its rows; it is also the Ray executor's default fragment size, so a table written
+# there is not rewritten for being in pieces.
+COMPACT_ROWS = 100_000
+COMPACT_DELETED = 0.1
+
+
+def compaction_due(tbl: Any, limit: int | None) -> int:
+    """How many of the table's fragments compaction would rewrite (small, or with many rows
+    deleted), when more than ``limit``; else 0."""
+    if limit is None:
+        return 0
+    due = 0
+    for fragment in tbl.to_lance().get_fragments():
+        meta = fragment.metadata
+        deleted = meta.num_deletions or 0
+        physical = (meta.num_rows or 0) + deleted
+        if physical < COMPACT_ROWS or deleted > COMPACT_DELETED * max(physical, 1):
+            due += 1
+    return due if due > limit else 0
+
+
+def compact(tbl: Any, limit: int | None) -> bool:
+    """Merge small fragments and drop deleted rows once more than ``limit`` fragments need
+    it: every fragment a run adds is one more a search opens. True when Lance committed it (as
+    versions of its own). Rows, their order and any ANN index (remapped) stay as they were."""
+    if not compaction_due(tbl, limit):
+        return False
+    metrics = tbl.to_lance().optimize.compact_files(
+        target_rows_per_fragment=COMPACT_ROWS,
+        materialize_deletions=True,
+        materialize_deletions_threshold=COMPACT_DELETED,
+    )
+    return bool(metrics.fragments_removed)
 
 
 def retain(tbl: Any, versions: int | None) -> None:

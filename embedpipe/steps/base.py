@@ -124,6 +124,9 @@ class IndexTarget:
     rescore: str | None = None  # re-score a shortlist of k * shortlist on this column
     shortlist: int = 1
     retain: int | None = 10  # versions kept for rollback; None keeps all
+    # Merge the table's small or deletion-heavy fragments once more than this many are
+    # (right after the commit of a run that changed rows); None never does.
+    compact: int | None = 16
     lineage: tuple[str, ...] = ("spec_hash", "run_id")
     row_hash: str = "row_hash"
     # Score ``search`` in process with the scorer of the step that made it (``Step.

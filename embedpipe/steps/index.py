@@ -118,6 +118,13 @@ class IndexConfig(StepConfig):
         description="Table versions to keep for `pipe rollback`; older ones and their files "
         "are removed after each commit. null keeps every version.",
     )
+    compact: int | None = Field(
+        16, ge=1, description="Once more than this many of the table's fragments are small "
+        "(under 100,000 rows) or have 10% of their rows deleted, a run that changed rows merges "
+        "them, dropping deleted rows, right after its commit: search slows with every "
+        "fragment that incremental runs add. null never compacts. Speed only.",
+        json_schema_extra=SPEED_ONLY,
+    )  # fmt: skip
 
 
 class Index(Step):
@@ -131,6 +138,7 @@ class Index(Step):
       metric: cosine
       ann: {type: ivf_pq}        # or none (exact search, the default)
       retain: 10                 # table versions kept for pipe rollback
+      compact: 16                # merge small fragments past this many
     ```
     Every column the input writes lands in the table (and so in `pipe sql`); columns upstream
     steps marked as vectors are searchable. A run commits one new table version, or none when
@@ -267,6 +275,7 @@ class Index(Step):
             asymmetric=self.config.asymmetric,
             scan=self.config.scan,
             retain=self.config.retain,
+            compact=self.config.compact,
             lineage=schemas.LINEAGE,
             row_hash=schemas.ROW_HASH,
         )
