@@ -95,6 +95,9 @@ class Ann:
     # query time (speed only): partitions probed, re-rank k * refine_factor exactly
     nprobes: int = 20
     refine_factor: int | None = None
+    # Rows changed since the index was trained, as a share of the table, past which a run
+    # trains it again; below, the run's rows join it as a delta (speed only).
+    rebuild: float = 0.2
 
 
 @dataclass(frozen=True)

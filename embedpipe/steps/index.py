@@ -47,6 +47,12 @@ class AnnConfig(BaseModel):
         None, gt=0, description="Re-rank k * this many candidates with exact distances "
         "(query time only).", json_schema_extra=SPEED_ONLY,
     )  # fmt: skip
+    rebuild: float = Field(
+        0.2, ge=0, le=1, description="A run that changed rows adds them to the index as a "
+        "delta (seconds; the partitions stay as trained) until more than this share of the "
+        "table's rows came after the index was trained; then it trains the index again. 0: "
+        "train it again on every change. Speed only.", json_schema_extra=SPEED_ONLY,
+    )  # fmt: skip
 
     def declared(self) -> Ann | None:
         if self.type == "none":
@@ -58,6 +64,7 @@ class AnnConfig(BaseModel):
             min_rows=self.min_rows,
             nprobes=self.nprobes,
             refine_factor=self.refine_factor,
+            rebuild=self.rebuild,
         )
 
 
