@@ -31,6 +31,7 @@ import pyarrow as pa
 from compaction import DIMS, SPEC, Corpus
 from encode_overhead import command_line, load_average, machine, write_section
 from lancedb.index import HnswSq
+from scale_engine import markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -194,9 +195,7 @@ def main() -> None:
             f"{totals[list(settings)[1]]:.1f} s).",
             *check,
             "",
-            "| " + " | ".join(heads) + " |",
-            "|---|---|" + "---:|" * (len(heads) - 2),
-            *("| " + " | ".join(r) + " |" for r in rows),
+            *markdown(heads, rows, left=2),
             "",
         ]
         write_section(RESULTS, "\n".join(body), SECTION)

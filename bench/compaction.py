@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from encode_overhead import command_line, load_average, machine, write_section
+from scale_engine import markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -168,9 +169,7 @@ def main() -> None:
             "each night 1% of the rows edited, 0.5% deleted, 0.5% added. Search: 30 exact "
             "top-10 queries through LanceDB's flat scan, p50.",
             "",
-            "| " + " | ".join(heads) + " |",
-            "|---|---|" + "---:|" * (len(heads) - 2),
-            *("| " + " | ".join(r) + " |" for r in rows),
+            *markdown(heads, rows, left=2),
             "",
         ]
         write_section(RESULTS, "\n".join(body), SECTION)
