@@ -86,7 +86,7 @@ class LanceStore:
         first = next((b for b in it if b.num_rows), None)  # as the plan counts: rows, not batches
         if first is None:
             raise NoRows(table, self.ws.spec)
-        changed = True
+        changed = fresh = True  # fresh: every row written anew (no compaction is due)
         if not self.ws.table_exists(table):
             if self.fragments is not None:
                 tbl = self._replace(table, first, it, read_version=None)
@@ -107,7 +107,7 @@ class LanceStore:
                 else:
                     tbl = self.db.create_table(table, _reader(head, again), mode="overwrite")
             else:
-                changed = bool(stats["computed"] or stats["deleted"])
+                changed, fresh = bool(stats["computed"] or stats["deleted"]), False
                 named = stats["changed"] + stats["deleted"] <= _MAX_NAMED_DELETES
                 if changed and self.fragments is not None and named:
                     tbl = self._update(tbl, target, batches, stats)
@@ -117,7 +117,7 @@ class LanceStore:
             crash_point("index-commit")
         rows = tbl.count_rows()
         try:
-            built = self._upkeep(tbl, target, rows, changed=changed)
+            built = self._upkeep(tbl, target, rows, changed=changed, fresh=fresh)
         except Exception as exc:  # the rows are committed: a slower index is no failed run
             built = False
             sys.stderr.write(
@@ -254,11 +254,15 @@ class LanceStore:
             return
         merge.execute(_reader(head, (b for b in rows if b.num_rows)))
 
-    def _upkeep(self, tbl: Any, target: IndexTarget, rows: int, *, changed: bool) -> bool:
-        """After the rows' commit: the ANN indexes (``_ann``) and, when due, compaction. Lance
-        merges only fragments one index segment covers, so a table due for compaction has each
-        index trained again first (one segment over every row). True when it committed."""
-        due = changed and bool(compaction_due(tbl, target.compact))
+    def _upkeep(
+        self, tbl: Any, target: IndexTarget, rows: int, *, changed: bool, fresh: bool
+    ) -> bool:
+        """After the rows' commit: the ANN indexes (``_ann``) and, when due, compaction of
+        what incremental runs added (a table just written whole is left as its writer cut it,
+        e.g. into a Ray executor's fragments). Lance merges only fragments one index segment
+        covers, so a table due for compaction has each index trained again first (one segment
+        over every row). True when it committed."""
+        due = changed and not fresh and bool(compaction_due(tbl, target.compact))
         built = self._ann(tbl, target, rows, stale=changed, retrain=due)
         if due:
             built = compact(self.db.open_table(target.table), target.compact) or built

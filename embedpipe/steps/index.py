@@ -127,9 +127,10 @@ class IndexConfig(StepConfig):
     )
     compact: int | None = Field(
         16, ge=1, description="Once more than this many of the table's fragments are small "
-        "(under 100,000 rows) or have 10% of their rows deleted, a run that changed rows merges "
-        "them, dropping deleted rows, right after its commit: search slows with every "
-        "fragment that incremental runs add. null never compacts. Speed only.",
+        "(under 100,000 rows) or have 10% of their rows deleted, an incremental run that "
+        "changed rows merges them, dropping deleted rows, right after its commit: search "
+        "slows with every fragment that incremental runs add. null never compacts. Speed "
+        "only.",
         json_schema_extra=SPEED_ONLY,
     )  # fmt: skip
 
