@@ -335,11 +335,12 @@ def test_a_catalog_locked_mid_run_keeps_the_record_for_later(site: Path) -> None
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MB tmpfs (needs CAP_SYS_ADMIN: skipped where mounting is not allowed)."""
+    """A 256 MB tmpfs (needs CAP_SYS_ADMIN: skipped where mounting is not allowed): room for a
+    copy of the indexed workspace, whose OpenVINO export alone is about 90 MB."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
+        ["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)],
         capture_output=True,
         check=False,
     )
