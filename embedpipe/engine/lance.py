@@ -293,7 +293,7 @@ class LanceStore:
                 # a new delta segment; past MAX_DELTAS, the deltas and the new rows as one
                 ds = tbl.to_lance()
                 name = _index_of(tbl, column.name)
-                deltas = len([i for i in ds.list_indices() if i["name"] == name]) - 1
+                deltas = len(_segments(ds, name)) - 1
                 merge = deltas if deltas >= MAX_DELTAS else 0
                 ds.optimize.optimize_indices(index_names=[name], num_indices_to_merge=merge)
                 tbl.checkout_latest()
@@ -395,12 +395,7 @@ def compact(tbl: Any, limit: int | None) -> bool:
     segments of an index are not merged together."""
     if not compaction_due(tbl, limit):
         return False
-    metrics = tbl.to_lance().optimize.compact_files(
-        target_rows_per_fragment=COMPACT_ROWS,
-        materialize_deletions=True,
-        materialize_deletions_threshold=COMPACT_DELETED,
-    )
-    return bool(metrics.fragments_removed)
+    return _rewrite(tbl.to_lance(), COMPACT_DELETED)
 
 
 def drop_deleted(tbl: Any) -> bool:
@@ -411,10 +406,17 @@ def drop_deleted(tbl: Any) -> bool:
     ds = tbl.to_lance()
     if not any(f.metadata.num_deletions for f in ds.get_fragments()):
         return False
+    return _rewrite(ds, 0.0)
+
+
+def _rewrite(ds: Any, deleted: float) -> bool:
+    """Lance's compaction: small fragments merged (up to ``COMPACT_ROWS`` rows), and those
+    with more than ``deleted`` of their rows deleted rewritten without them. True when it
+    committed."""
     metrics = ds.optimize.compact_files(
         target_rows_per_fragment=COMPACT_ROWS,
         materialize_deletions=True,
-        materialize_deletions_threshold=0.0,
+        materialize_deletions_threshold=deleted,
     )
     return bool(metrics.fragments_removed)
 
@@ -432,13 +434,17 @@ def _index_of(tbl: Any, column: str) -> str | None:
     return next((i.name for i in tbl.list_indices() if i.columns == [column]), None)
 
 
+def _segments(ds: Any, name: str | None) -> list[dict[str, Any]]:
+    """The segments of the index ``name`` (the trained one and its deltas), as Lance lists them."""
+    return [i for i in ds.list_indices() if i["name"] == name] if name else []
+
+
 def untrained_share(tbl: Any, column: str) -> float:
     """The share of the table's rows that came after ``column``'s ANN index was trained: those
     outside the fragments its trained segment covers (later rows join it as delta segments,
     assigned to the partitions as trained)."""
     ds = tbl.to_lance()
-    name = _index_of(tbl, column)
-    segments = [i for i in ds.list_indices() if i["name"] == name] if name else []
+    segments = _segments(ds, _index_of(tbl, column))
     live = {f.fragment_id: f.metadata.num_rows for f in ds.get_fragments()}
     total = sum(live.values())
     if not segments or not total:
@@ -454,11 +460,11 @@ def ann_due(tbl: Any, column: VectorColumn, rows: int) -> bool:
     or built for another declaration. (Changed rows: see ``LanceStore._ann``.)"""
     if column.ann is None or rows < column.ann.min_rows:
         return False
-    found = [i for i in tbl.list_indices() if i.columns == [column.name]]
-    if not found:
+    name = _index_of(tbl, column.name)
+    if name is None:
         return True
     # Built for another declaration (metric or kind changed, rows did not): rebuild it.
-    stats = tbl.index_stats(found[0].name)
+    stats = tbl.index_stats(name)
     kind = {"ivf_pq": "IVF_PQ", "ivf_hnsw_sq": "IVF_HNSW_SQ", "ivf_flat": "IVF_FLAT"}
     have_metric = str(getattr(stats, "distance_type", column.metric) or column.metric).lower()
     have_kind = str(getattr(stats, "index_type", "") or "").upper()
