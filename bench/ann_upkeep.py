@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from compaction import DIMS, SPEC, Corpus
-from encode_overhead import command_line, load_average, machine, write_section
+from encode_overhead import load_average, machine, provenance, write_section
 from lancedb.index import HnswSq
 from scale_engine import markdown
 
@@ -181,9 +181,7 @@ def main() -> None:
         body = [
             SECTION,
             "",
-            f"- Date: {started:%Y-%m-%d %H:%M} UTC",
-            f"- Command: `{command_line(__file__)}`",
-            f"- Machine: {info['uname']}; {info['cpu']}; Python {info['python']}",
+            *provenance(started, info, __file__),
             f"- Versions: {info['versions']}",
             f"- Load average at the start: {load_before}; at the end: {load_average()}",
             f"- {args.rows:,} synthetic chunks around {TOPICS} topics (384-d), `ann: {{type: "

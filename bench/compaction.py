@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from encode_overhead import command_line, load_average, machine, write_section
+from encode_overhead import load_average, machine, provenance, write_section
 from scale_engine import markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,9 +159,7 @@ def main() -> None:
         body = [
             SECTION,
             "",
-            f"- Date: {started:%Y-%m-%d %H:%M} UTC",
-            f"- Command: `{command_line(__file__)}`",
-            f"- Machine: {info['uname']}; {info['cpu']}; Python {info['python']}",
+            *provenance(started, info, __file__),
             f"- Versions: {info['versions']}",
             f"- Load average at the start: {load_before}; at the end: {load_average()}",
             f"- {args.rows:,} synthetic chunks (384-d vectors, 800 characters of text) written by "

@@ -499,6 +499,15 @@ def _version(package: str) -> str:
         return "?"
 
 
+def provenance(started: datetime, info: dict[str, str], script: str) -> list[str]:
+    """A section's first lines: when, by which command, on which machine."""
+    return [
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC",
+        f"- Command: `{command_line(script)}`",
+        f"- Machine: {info['uname']}; {info['cpu']}; Python {info['python']}",
+    ]
+
+
 def command_line(script: str = __file__) -> str:
     """How this run was started, paths relative to the repository: `.venv/bin/python bench/X`."""
     python = Path(sys.executable)

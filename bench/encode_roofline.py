@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from encode_overhead import BARS, _version, command_line, load_average, machine, write_section
+from encode_overhead import BARS, _version, load_average, machine, provenance, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "scifact"
@@ -273,9 +273,7 @@ def main() -> None:
         body = [
             SECTION,
             "",
-            f"- Date: {started:%Y-%m-%d %H:%M} UTC",
-            f"- Command: `{command_line(__file__)}`",
-            f"- Machine: {info['uname']}; {info['cpu']}; Python {info['python']}",
+            *provenance(started, info, __file__),
             f"- CPU: {cpu_flags()}",
             f"- Versions: {info['versions']}, openvino {_version('openvino')}, "
             f"nncf {_version('nncf')}",
